@@ -1,0 +1,7 @@
+"""Drafters: things that guess the target's next tokens, each implementing specdec.Drafter."""
+
+from .model import ModelDrafter
+from .ngram import NGramDrafter
+from .oracle import OracleDrafter
+
+__all__ = ["ModelDrafter", "NGramDrafter", "OracleDrafter"]

@@ -1,0 +1,71 @@
+"""Prompt lookup: draft by copying what followed the latest earlier match of the context's suffix."""
+
+from __future__ import annotations
+
+import torch
+
+from specdec import DraftBlock, DraftContext, InvalidArgumentError
+
+__all__ = ["NGramDrafter"]
+
+
+class NGramDrafter:
+    """Draft tokens by n-gram lookup over the prompt and everything generated so far.
+
+    At each step it takes the longest suffix of the sequence (from ``max_ngram``
+    down to ``min_ngram`` tokens) that occurred before, and proposes the tokens
+    that followed its most recent earlier occurrence.
+
+    The index maps each n-gram to the position right after its latest
+    occurrence and grows with every verified token, so a step costs
+    O(max_ngram) whatever the context length.
+
+    Example: context ``[1, 2, 3, 4, 1, 2]`` with ``max_ngram=2`` matches the
+    suffix ``[1, 2]`` at positions 0-1 and proposes ``[3, 4, 1, 2]`` (up to k).
+    """
+
+    vocab_size: int | None = None
+
+    def __init__(self, *, num_draft_tokens: int = 8, max_ngram: int = 4, min_ngram: int = 1) -> None:
+        for name, value in (("num_draft_tokens", num_draft_tokens), ("max_ngram", max_ngram), ("min_ngram", min_ngram)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InvalidArgumentError(f"{name} must be an integer >= 1, got {value!r}")
+        if min_ngram > max_ngram:
+            raise InvalidArgumentError(f"min_ngram ({min_ngram}) must not exceed max_ngram ({max_ngram})")
+        self.default_num_draft_tokens = num_draft_tokens
+        self.max_ngram = max_ngram
+        self.min_ngram = min_ngram
+        self._tokens: list[int] = []
+        self._index: dict[tuple[int, ...], int] = {}
+
+    def begin(self, context: DraftContext) -> None:
+        self._tokens = []
+        self._index = {}
+        self._extend(context.prompt_ids.tolist())
+
+    def _extend(self, token_ids: list[int]) -> None:
+        tokens, index = self._tokens, self._index
+        for token in token_ids:
+            end = len(tokens)  # the n-grams ending just before `token` are now followed by it
+            for n in range(self.min_ngram, min(self.max_ngram, end) + 1):
+                index[tuple(tokens[end - n : end])] = end
+            tokens.append(token)
+
+    def lookup(self, max_tokens: int) -> list[int]:
+        """The proposal for the current sequence, as a list (empty when nothing matches)."""
+        tokens = self._tokens
+        for n in range(min(self.max_ngram, len(tokens)), self.min_ngram - 1, -1):
+            start = self._index.get(tuple(tokens[len(tokens) - n :]))
+            if start is not None:
+                return tokens[start : start + max_tokens]
+        return []
+
+    def propose(self, max_tokens: int) -> DraftBlock:
+        return DraftBlock(torch.tensor(self.lookup(max_tokens), dtype=torch.long))
+
+    def update(self, token_ids: list[int], num_accepted: int) -> None:
+        self._extend(token_ids)
+
+    def end(self) -> None:
+        self._tokens = []
+        self._index = {}

@@ -1,0 +1,45 @@
+"""specdec: lossless speculative decoding for Hugging Face causal language models.
+
+The core package: data types, the :class:`Drafter` protocol, the verification
+math, KV-cache rollback and the generation loop. It imports neither ``drafts``
+nor ``streaming``.
+"""
+
+from .cache import CausalLMAdapter, check_rollback_support
+from .drafter import DraftContext, Drafter
+from .errors import (
+    InvalidArgumentError,
+    ModelLoadError,
+    SpecDecError,
+    UnsupportedModelError,
+    VocabularyMismatchError,
+)
+from .generator import SpeculativeGenerator, TokenSink
+from .logits import LogitsShaper
+from .types import DraftBlock, FinishReason, SpecOutput, SpecStats, VerifyResult
+from .verify import greedy_verify, speculative_sample
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CausalLMAdapter",
+    "DraftBlock",
+    "DraftContext",
+    "Drafter",
+    "FinishReason",
+    "InvalidArgumentError",
+    "LogitsShaper",
+    "ModelLoadError",
+    "SpecDecError",
+    "SpecOutput",
+    "SpecStats",
+    "SpeculativeGenerator",
+    "TokenSink",
+    "UnsupportedModelError",
+    "VerifyResult",
+    "VocabularyMismatchError",
+    "check_rollback_support",
+    "greedy_verify",
+    "speculative_sample",
+    "__version__",
+]

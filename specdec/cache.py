@@ -1,0 +1,131 @@
+"""The one adapter that owns a causal LM's forward passes and KV cache.
+
+Every cache operation in specdec goes through :class:`CausalLMAdapter`:
+prefill, a forward over a block of new tokens, and :meth:`truncate`, the
+rollback of rejected tokens. Whether a model can be rolled back safely is
+decided once, at construction, by :func:`check_rollback_support`.
+
+The adapter keeps a plain :class:`transformers.DynamicCache` with one full
+attention layer per decoder layer. Sliding-window models still attend only
+within their window, because their attention masks come from the config, but
+no cache entry is ever evicted, so a rollback can never lose a needed state.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+from transformers import DynamicCache, PreTrainedModel
+
+from .errors import UnsupportedModelError
+
+__all__ = ["CausalLMAdapter", "check_rollback_support"]
+
+# Attention layer kinds whose cache is a list of per-token keys and values.
+_ROLLBACK_SAFE_LAYER_TYPES = frozenset({"full_attention", "sliding_attention"})
+
+
+def _text_config(model: PreTrainedModel):
+    config = model.config
+    return config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+
+
+def check_rollback_support(model: PreTrainedModel) -> None:
+    """Raise :class:`UnsupportedModelError` unless the model's cache can be truncated exactly."""
+    name = type(model).__name__
+    if not isinstance(model, torch.nn.Module) or not callable(getattr(model, "forward", None)):
+        raise UnsupportedModelError(f"expected a Hugging Face causal LM, got {type(model).__name__}")
+    config = getattr(model, "config", None)
+    if config is None:
+        raise UnsupportedModelError(f"{name} has no `config`: pass a transformers AutoModelForCausalLM model")
+    if getattr(config, "is_encoder_decoder", False):
+        raise UnsupportedModelError(f"{name} is an encoder-decoder model; only decoder-only causal LMs are supported")
+    if getattr(model, "_is_stateful", False):
+        raise UnsupportedModelError(
+            f"{name} keeps a recurrent state that cannot be rolled back to an earlier token; "
+            "use an attention-only model"
+        )
+    supports_dynamic = getattr(type(model), "_supports_default_dynamic_cache", None)
+    if supports_dynamic is not None and not supports_dynamic():
+        raise UnsupportedModelError(f"{name} uses a custom cache that specdec cannot roll back")
+    text_config = _text_config(model)
+    layer_types = getattr(text_config, "layer_types", None)
+    if layer_types is not None:
+        unsupported = sorted(set(layer_types) - _ROLLBACK_SAFE_LAYER_TYPES)
+        if unsupported:
+            raise UnsupportedModelError(
+                f"{name} has layers of type {unsupported} (recurrent, linear, chunked or shared-KV attention); "
+                "their cache cannot be rolled back token by token, so speculative decoding would be wrong"
+            )
+    if getattr(text_config, "attention_chunk_size", None) is not None:
+        raise UnsupportedModelError(f"{name} uses chunked attention, whose cache cannot be rolled back")
+    params = inspect.signature(model.forward).parameters
+    if "cache" not in params and "past_key_values" not in params:
+        raise UnsupportedModelError(f"{name}.forward takes no KV cache argument")
+
+
+def _context_length(text_config) -> int | None:
+    for attr in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(text_config, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+class CausalLMAdapter:
+    """A causal LM together with its KV cache, for a single sequence.
+
+    ``length`` is the number of tokens whose keys and values are cached.
+    """
+
+    def __init__(self, model: PreTrainedModel) -> None:
+        check_rollback_support(model)
+        self.model = model
+        params = inspect.signature(model.forward).parameters
+        self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
+        self._can_keep_last_logits = "logits_to_keep" in params
+        self.device = next(model.parameters()).device
+        self.context_length = _context_length(_text_config(model))
+        output_embeddings = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        if output_embeddings is not None and getattr(output_embeddings, "weight", None) is not None:
+            self.vocab_size = int(output_embeddings.weight.shape[0])
+        else:
+            self.vocab_size = int(_text_config(model).vocab_size)
+        self._cache: DynamicCache | None = None
+        self.length = 0
+
+    def reset(self) -> None:
+        """Forget every cached token (start of a new sequence)."""
+        self._cache = DynamicCache()
+        self.length = 0
+
+    @torch.inference_mode()
+    def forward(self, token_ids: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """Run the model over new tokens appended to the cache.
+
+        Args:
+            token_ids: LongTensor [n], the tokens after the ``length`` cached ones.
+            last_only: compute logits for the last position only (prefill).
+
+        Returns:
+            FloatTensor [n, vocab] (or [1, vocab] with ``last_only``) of raw logits.
+        """
+        if self._cache is None:
+            self.reset()
+        kwargs = {self._cache_kwarg: self._cache, "use_cache": True}
+        if last_only and self._can_keep_last_logits:
+            kwargs["logits_to_keep"] = 1
+        token_ids = token_ids.to(self.device)
+        outputs = self.model(input_ids=token_ids.unsqueeze(0), **kwargs)
+        self.length += int(token_ids.shape[0])
+        logits = outputs.logits[0]
+        return logits[-1:] if last_only else logits
+
+    def truncate(self, length: int) -> None:
+        """Roll the cache back so that only the first ``length`` tokens remain."""
+        if not 0 <= length <= self.length:
+            raise ValueError(f"cannot truncate a cache of {self.length} tokens to {length}")
+        if length < self.length and self._cache is not None:
+            self._cache.crop(length - self.length)  # transformers 5.x: a negative count removes tokens
+        self.length = length

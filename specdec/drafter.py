@@ -1,0 +1,76 @@
+"""The protocol every drafter implements.
+
+A drafter guesses the next tokens; the generator verifies them. One
+generation goes::
+
+    drafter.begin(context)            # the prompt and how distributions are shaped
+    repeat:
+        block = drafter.propose(k)    # up to k tokens (an empty block is fine)
+        drafter.update(token_ids, n)  # the verified tokens; roll back what was rejected
+    drafter.end()
+
+``update`` receives the tokens appended to the sequence: the ``n`` accepted
+draft tokens followed by the target's own token. A drafter with state (its own
+KV cache) rolls it back to the accepted prefix there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import torch
+
+from .logits import LogitsShaper
+from .types import DraftBlock
+
+__all__ = ["Drafter", "DraftContext"]
+
+
+@dataclass(frozen=True)
+class DraftContext:
+    """What a drafter learns at the start of a generation."""
+
+    prompt_ids: torch.Tensor  # LongTensor [prompt_len], on the CPU
+    shaper: LogitsShaper  # the target's recipe for turning logits into probabilities
+    vocab_size: int  # the target's vocabulary size
+    seed: int  # seed for the drafter's own random draws
+    max_new_tokens: int
+
+    @property
+    def do_sample(self) -> bool:
+        return self.shaper.do_sample
+
+
+@runtime_checkable
+class Drafter(Protocol):
+    """Proposes tokens ahead of the target and follows the verified sequence."""
+
+    #: k used when ``generate`` gets ``num_draft_tokens=None``.
+    default_num_draft_tokens: int
+    #: The drafter's vocabulary size, checked against the target's; ``None`` if it has none.
+    vocab_size: int | None
+
+    def begin(self, context: DraftContext) -> None:
+        """Start a new sequence from ``context.prompt_ids``, dropping any earlier state."""
+        ...
+
+    def propose(self, max_tokens: int) -> DraftBlock:
+        """Propose at most ``max_tokens`` (>= 1) next tokens.
+
+        Sampling drafters must draw their tokens from ``draft_probs`` shaped by
+        ``context.shaper`` and return those probabilities; deterministic
+        drafters return ``draft_probs=None``.
+        """
+        ...
+
+    def update(self, token_ids: list[int], num_accepted: int) -> None:
+        """Learn the verified block: ``token_ids[:num_accepted]`` were the first
+        ``num_accepted`` draft tokens, ``token_ids[num_accepted:]`` (at most one)
+        came from the target. Generation may stop before the target's token, so
+        ``len(token_ids)`` can equal ``num_accepted``."""
+        ...
+
+    def end(self) -> None:
+        """The generation finished (or failed); release per-sequence state."""
+        ...

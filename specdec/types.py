@@ -1,0 +1,122 @@
+"""Small typed contracts passed between the generator, drafters and sinks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+__all__ = ["DraftBlock", "VerifyResult", "SpecStats", "SpecOutput", "FinishReason"]
+
+FinishReason = Literal["eos", "length", "stop", "cancelled"]
+
+
+@dataclass(frozen=True)
+class DraftBlock:
+    """Tokens a drafter proposes for the next positions.
+
+    An empty proposal is a block of length 0 (see :meth:`empty`), never ``None``.
+    """
+
+    token_ids: torch.Tensor  # LongTensor [k]
+    draft_probs: torch.Tensor | None = None  # FloatTensor [k, vocab]; None = deterministic (one-hot) proposal
+
+    def __post_init__(self) -> None:
+        if self.token_ids.dim() != 1:
+            raise ValueError(f"DraftBlock.token_ids must be 1-D, got shape {tuple(self.token_ids.shape)}")
+        if self.draft_probs is not None and (
+            self.draft_probs.dim() != 2 or self.draft_probs.shape[0] != self.token_ids.shape[0]
+        ):
+            raise ValueError(
+                "DraftBlock.draft_probs must have shape [k, vocab] matching token_ids "
+                f"(k={self.token_ids.shape[0]}), got {tuple(self.draft_probs.shape)}"
+            )
+
+    def __len__(self) -> int:
+        return int(self.token_ids.shape[0])
+
+    @staticmethod
+    def empty(device: torch.device | str = "cpu") -> "DraftBlock":
+        return DraftBlock(torch.empty(0, dtype=torch.long, device=device))
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """Outcome of verifying one draft block against the target.
+
+    ``token_ids`` holds the accepted draft tokens followed by exactly one token
+    from the target: the *recovered* token (at the first rejection) or the
+    *bonus* token (when every draft was accepted).
+    """
+
+    token_ids: list[int]  # [num_accepted + 1]
+    num_accepted: int  # draft tokens accepted, 0..k
+
+
+@dataclass
+class SpecStats:
+    """Counters of one ``generate`` call."""
+
+    prompt_tokens: int = 0
+    new_tokens: int = 0
+    steps: int = 0  # verify passes of the target (one per loop step)
+    target_forwards: int = 0  # every target forward, the prefill included
+    drafted: int = 0  # draft tokens proposed
+    accepted: int = 0  # draft tokens accepted
+    accepted_per_position: list[int] = field(default_factory=list)  # [k_max]: accepted at draft position i
+    drafted_per_position: list[int] = field(default_factory=list)  # [k_max]: proposed at draft position i
+    wall_time_s: float = 0.0
+
+    @property
+    def acceptance_rate(self) -> float:
+        """Accepted draft tokens over proposed draft tokens (0.0 when nothing was drafted)."""
+        return self.accepted / self.drafted if self.drafted else 0.0
+
+    @property
+    def mean_accepted_per_step(self) -> float:
+        """New tokens per verify pass: accepted drafts plus the target's own token."""
+        return self.new_tokens / self.steps if self.steps else 0.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.new_tokens / self.wall_time_s if self.wall_time_s > 0 else 0.0
+
+    def record_step(self, num_drafted: int, num_accepted: int) -> None:
+        self.steps += 1
+        self.target_forwards += 1
+        self.drafted += num_drafted
+        self.accepted += num_accepted
+        grow = num_drafted - len(self.drafted_per_position)
+        if grow > 0:
+            self.drafted_per_position.extend([0] * grow)
+            self.accepted_per_position.extend([0] * grow)
+        for i in range(num_drafted):
+            self.drafted_per_position[i] += 1
+        for i in range(num_accepted):
+            self.accepted_per_position[i] += 1
+
+    def as_dict(self) -> dict:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "new_tokens": self.new_tokens,
+            "steps": self.steps,
+            "target_forwards": self.target_forwards,
+            "drafted": self.drafted,
+            "accepted": self.accepted,
+            "acceptance_rate": self.acceptance_rate,
+            "mean_accepted_per_step": self.mean_accepted_per_step,
+            "accepted_per_position": list(self.accepted_per_position),
+            "drafted_per_position": list(self.drafted_per_position),
+            "wall_time_s": self.wall_time_s,
+            "tokens_per_s": self.tokens_per_s,
+        }
+
+
+@dataclass
+class SpecOutput:
+    """What :meth:`SpeculativeGenerator.generate` returns."""
+
+    sequences: torch.Tensor  # LongTensor [1, prompt_len + new_len], as HF generate returns
+    stats: SpecStats
+    finish_reason: FinishReason = "length"
