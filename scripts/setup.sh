@@ -19,9 +19,12 @@ if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
   # torch==2.13.0 is a CPU build where this machine keeps one on disk; a plain
   # `pip install torch` would pull a multi-GB CUDA build instead.
   echo "setup: installing torch (CPU build)"
-  "${PIP[@]}" install "torch==2.13.0" 2>/dev/null \
-    || "${PIP[@]}" install "torch==2.13.0" --index-url "${TORCH_CPU_INDEX:-https://download.pytorch.org/whl/cpu}" 2>/dev/null \
-    || "${PIP[@]}" install "torch>=2.4"
+  # Elsewhere, point TORCH_INDEX_URL at a CPU wheel index to keep it small.
+  if [ -n "${TORCH_INDEX_URL:-}" ]; then
+    "${PIP[@]}" install torch --index-url "$TORCH_INDEX_URL"
+  else
+    "${PIP[@]}" install "torch==2.13.0" || "${PIP[@]}" install "torch>=2.4"
+  fi
 fi
 
 stamp="$VENV/.specdec-installed"
