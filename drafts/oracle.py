@@ -6,7 +6,7 @@ import random
 
 import torch
 
-from specdec import DraftBlock, DraftContext, InvalidArgumentError
+from specdec import CausalLMAdapter, DraftBlock, DraftContext, InvalidArgumentError
 
 __all__ = ["OracleDrafter"]
 
@@ -20,12 +20,23 @@ class OracleDrafter:
     ``acceptance`` and a different token otherwise, so with greedy decoding the
     per-token acceptance rate is ``acceptance``. The draws come from ``seed``
     alone, so runs repeat exactly. Past the end of the reference it proposes nothing.
+
+    ``cost_model`` (optional, any HF causal LM) makes drafting cost what a real
+    draft model costs: it runs like a draft model with its own KV cache (one
+    forward per proposed token, rolled back on rejection) and its outputs are
+    discarded. Benchmarks use it to fix the acceptance rate and the draft cost.
     """
 
     vocab_size: int | None = None
 
     def __init__(
-        self, reference_ids: torch.Tensor, acceptance: float, seed: int = 0, *, num_draft_tokens: int = 4
+        self,
+        reference_ids: torch.Tensor,
+        acceptance: float,
+        seed: int = 0,
+        *,
+        num_draft_tokens: int = 4,
+        cost_model: torch.nn.Module | None = None,
     ) -> None:
         reference = torch.as_tensor(reference_ids)
         if reference.dim() == 2 and reference.shape[0] == 1:
@@ -43,6 +54,8 @@ class OracleDrafter:
         self._rng = random.Random(seed)
         self._position = 0
         self._vocab_size = 0
+        self._cost = CausalLMAdapter(cost_model) if cost_model is not None else None
+        self._committed = 0  # tokens of the sequence so far (prompt + verified)
 
     def begin(self, context: DraftContext) -> None:
         prompt = context.prompt_ids.tolist()
@@ -51,6 +64,9 @@ class OracleDrafter:
         self._rng = random.Random(self.seed)
         self._position = len(prompt)
         self._vocab_size = context.vocab_size
+        self._committed = len(prompt)
+        if self._cost is not None:
+            self._cost.reset()
 
     def propose(self, max_tokens: int) -> DraftBlock:
         proposal = []
@@ -60,10 +76,26 @@ class OracleDrafter:
                 proposal.append(right)
             else:
                 proposal.append((right + 1 + self._rng.randrange(self._vocab_size - 1)) % self._vocab_size)
+        if self._cost is not None and proposal:
+            self._pay_draft_cost(proposal)
         return DraftBlock(torch.tensor(proposal, dtype=torch.long))
+
+    def _pay_draft_cost(self, proposal: list[int]) -> None:
+        """Run the cost model as a draft model would: one forward per proposed token."""
+        cost = self._cost
+        assert cost is not None
+        vocab = cost.vocab_size
+        # The first forward catches up on the verified tokens the cache lacks (as ModelDrafter does).
+        pending = [t % vocab for t in self.reference[cost.length : self._committed]] or [0]
+        cost.forward(torch.tensor(pending, dtype=torch.long), last_only=True)
+        for token in proposal[:-1]:
+            cost.forward(torch.tensor([token % vocab], dtype=torch.long))
 
     def update(self, token_ids: list[int], num_accepted: int) -> None:
         self._position += len(token_ids)
+        if self._cost is not None and self._cost.length > self._committed:
+            self._cost.truncate(min(self._cost.length, self._committed + num_accepted))
+        self._committed += len(token_ids)
 
     def end(self) -> None:
         pass

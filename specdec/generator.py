@@ -8,6 +8,7 @@ from typing import Any, Callable, Protocol
 import torch
 from transformers import GenerationConfig, LogitsProcessorList, PreTrainedModel, StoppingCriteriaList
 
+from .adaptive import AdaptiveDraftLength, CostProfile
 from .cache import CausalLMAdapter
 from .drafter import DraftContext, Drafter
 from .errors import InvalidArgumentError, VocabularyMismatchError
@@ -110,6 +111,8 @@ class SpeculativeGenerator:
                 "draft and target must share one tokenizer and vocabulary"
             )
         self.drafter = drafter
+        # Measured draft and verify costs of this (target, drafter, device), for num_draft_tokens="auto".
+        self.draft_costs = CostProfile()
 
     @property
     def model(self) -> PreTrainedModel:
@@ -124,7 +127,7 @@ class SpeculativeGenerator:
         temperature: float = UNSET,
         top_k: int | None = UNSET,
         top_p: float | None = UNSET,
-        num_draft_tokens: int | None = None,
+        num_draft_tokens: int | str | None = None,
         eos_token_id: int | list[int] | None = UNSET,
         seed: int | None = None,
         on_tokens: TokenCallback | TokenSink | None = None,
@@ -210,7 +213,12 @@ class _Run:
             top_p=params.top_p,
             processors=processors,
         )
-        self.k = params.num_draft_tokens or self.drafter.default_num_draft_tokens
+        default_k = self.drafter.default_num_draft_tokens
+        # "auto": a cost model picks k before every step (see specdec.adaptive); self.k is then its upper bound.
+        self.controller = (
+            AdaptiveDraftLength(gen.draft_costs, default_k=default_k) if params.num_draft_tokens == "auto" else None
+        )
+        self.k = self.controller.k_max if self.controller is not None else params.num_draft_tokens or default_k
         seed = params.seed if params.seed is not None else int(torch.randint(0, 2**62, (1,)).item())
         device = self.target.device
         self.generator = torch.Generator(device=device)
@@ -245,6 +253,8 @@ class _Run:
         )
         try:
             finish = self._loop()
+            if self.controller is not None:
+                self.controller.finish()
         finally:
             self.drafter.end()
             # Free the KV cache: the next call starts from scratch anyway.
@@ -270,8 +280,11 @@ class _Run:
                 return "length"
             if self.cancel is not None and self.cancel.is_set():
                 return "cancelled"
-            k = min(self.k, max_new - new - 1)
+            controller = self.controller
+            k = min(self.k if controller is None else controller.choose(), max_new - new - 1)
+            step_start = time.perf_counter() if controller is not None else 0.0
             block = self.drafter.propose(k) if k > 0 else DraftBlock.empty()
+            drafted_at = time.perf_counter() if controller is not None else 0.0
             if len(block) > k:
                 raise RuntimeError(
                     f"drafter {type(self.drafter).__name__} proposed {len(block)} tokens when asked for at most {k}"
@@ -300,6 +313,9 @@ class _Run:
             self.stats.record_step(n_draft, num_accepted)
             self.stats.new_tokens = self.length - prompt_len
             self.drafter.update(accepted, num_accepted)
+            if controller is not None:
+                done_at = time.perf_counter()
+                controller.observe(n_draft, num_accepted, drafted_at - step_start, done_at - drafted_at)
             if accepted:
                 if self.sink is not None:
                     self.sink(step, accepted)

@@ -46,19 +46,20 @@ class GenerationParams:
     top_k: int | None
     top_p: float | None
     eos_token_ids: frozenset[int]
-    num_draft_tokens: int | None
+    num_draft_tokens: int | str | None  # an int, "auto" (chosen per step) or None (the drafter's default)
     seed: int | None
 
     def __post_init__(self) -> None:
         if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
             raise InvalidArgumentError(f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}")
-        if self.num_draft_tokens is not None and (
+        if self.num_draft_tokens is not None and self.num_draft_tokens != "auto" and (
             isinstance(self.num_draft_tokens, bool)
             or not isinstance(self.num_draft_tokens, int)
             or self.num_draft_tokens < 1
         ):
             raise InvalidArgumentError(
-                f"num_draft_tokens must be an integer >= 1 or None (the drafter's default), got {self.num_draft_tokens!r}"
+                f"num_draft_tokens must be an integer >= 1, 'auto' or None (the drafter's default), "
+                f"got {self.num_draft_tokens!r}"
             )
         if not isinstance(self.do_sample, bool):
             raise InvalidArgumentError(f"do_sample must be True or False, got {self.do_sample!r}")
@@ -126,8 +127,8 @@ def resolve_params(
     eos = values.pop("eos_token_id")
     if eos is None and model_generation_config is not None:
         eos = model_generation_config.eos_token_id
-    if isinstance(num_draft_tokens, str):
-        raise InvalidArgumentError(f"num_draft_tokens must be an integer >= 1 or None, got {num_draft_tokens!r}")
+    if isinstance(num_draft_tokens, str) and num_draft_tokens != "auto":
+        raise InvalidArgumentError(f"num_draft_tokens must be an integer >= 1, 'auto' or None, got {num_draft_tokens!r}")
     return GenerationParams(
         max_new_tokens=values["max_new_tokens"],
         do_sample=values["do_sample"],

@@ -1,0 +1,267 @@
+"""Choosing the draft length k on the fly from a cost model (``num_draft_tokens="auto"``).
+
+Glossary
+--------
+alpha
+    The probability that the target accepts a draft token, given that it
+    accepted the ones before it (Leviathan et al. 2023 treat it as i.i.d.).
+expected tokens
+    With ``k`` draft tokens one verify pass yields
+    ``E(alpha, k) = (1 - alpha**(k + 1)) / (1 - alpha)`` tokens on average: the
+    accepted prefix plus the target's own (recovered or bonus) token.
+c
+    The cost of drafting one token, in units of one plain target step.
+v(k)
+    The cost of one verify pass over ``k + 1`` positions, in the same unit
+    (1 in the paper's model; more on a CPU, where the pass is compute-bound).
+
+The controller picks, before every step, the ``k`` that maximises expected
+tokens per second ``E(alpha, k) / (k * c + v(k))``. Both sides are learned:
+
+- alpha per request, from the verified outcomes, starting from a Beta prior
+  whose mean is the long-run acceptance of earlier requests on the same
+  generator (and a neutral guess before any);
+- the costs per (model pair, device): a :class:`CostProfile` lives on the
+  :class:`~specdec.SpeculativeGenerator` and survives across requests. It keeps,
+  in seconds, an average draft time per token and an average step time per
+  number of scored positions; unseen lengths are interpolated, or
+  extrapolated with the slope of the seen ones.
+
+Timing uses ``time.perf_counter`` only; the controller adds no device sync.
+On CUDA a drafter's kernels may still be running when ``propose`` returns, so
+their time lands in the verify part of the step (whose result the loop reads
+back to the host anyway). The controller only ever uses the sum
+``k * draft + verify(k + 1)``, so the split does not matter, only that each
+step's total is measured between two host syncs.
+
+Worked example: alpha = 0.8, c = 0.05 and v(k) = 1 + 0.1 k give
+``E / cost`` = 1.57, 1.88, 2.04, 2.10, 2.11, 2.08 for k = 1..6, so k = 5.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+__all__ = [
+    "AcceptanceEstimate",
+    "AdaptiveDraftLength",
+    "CostProfile",
+    "best_draft_length",
+    "expected_tokens",
+    "ideal_speedup",
+]
+
+
+def expected_tokens(alpha: float, k: int) -> float:
+    """Expected tokens per verify pass with ``k`` draft tokens: ``(1 - alpha**(k+1)) / (1 - alpha)``."""
+    if k < 0:
+        raise ValueError(f"k must be >= 0, got {k}")
+    alpha = min(max(float(alpha), 0.0), 1.0)
+    if alpha >= 1.0 - 1e-12:
+        return float(k + 1)
+    return (1.0 - alpha ** (k + 1)) / (1.0 - alpha)
+
+
+def ideal_speedup(alpha: float, k: int, c: float, v: float = 1.0) -> float:
+    """Leviathan et al.'s ceiling ``E(alpha, k) / (k * c + v)`` over decoding with the target alone.
+
+    ``c``: draft cost per token and ``v``: verify cost of ``k + 1`` positions,
+    both relative to one target step.
+    """
+    return expected_tokens(alpha, k) / (k * c + v)
+
+
+def best_draft_length(alpha: float, step_cost, k_min: int, k_max: int) -> int:
+    """The ``k`` in ``[k_min, k_max]`` maximising ``expected_tokens(alpha, k) / step_cost(k)``.
+
+    ``step_cost(k)``: the cost of a step with ``k`` draft tokens (any unit).
+    Ties go to the smaller ``k``.
+    """
+    best_k, best_rate = k_min, -math.inf
+    for k in range(k_min, k_max + 1):
+        cost = step_cost(k)
+        rate = expected_tokens(alpha, k) / cost if cost > 0 else math.inf
+        if rate > best_rate * (1.0 + 1e-9):
+            best_k, best_rate = k, rate
+    return best_k
+
+
+@dataclass
+class AcceptanceEstimate:
+    """Online estimate of alpha from verified blocks, with a Beta prior.
+
+    A step that drafted ``n`` tokens and kept ``m`` shows ``m`` acceptances and,
+    when ``m < n``, one rejection (the positions after it are never tested).
+    Older evidence fades by ``forget`` per step so the estimate follows a
+    request whose acceptance drifts (copying a passage, then free text).
+    """
+
+    prior_mean: float = 0.6
+    prior_strength: float = 4.0  # pseudo-observations
+    forget: float = 0.98
+    accepted: float = 0.0
+    rejected: float = 0.0
+
+    def observe(self, num_drafted: int, num_accepted: int) -> None:
+        if num_drafted <= 0:
+            return
+        self.accepted = self.accepted * self.forget + num_accepted
+        self.rejected = self.rejected * self.forget + (1.0 if num_accepted < num_drafted else 0.0)
+
+    @property
+    def alpha(self) -> float:
+        a = self.prior_mean * self.prior_strength + self.accepted
+        b = (1.0 - self.prior_mean) * self.prior_strength + self.rejected
+        return a / (a + b)
+
+
+def _ema(old: float | None, new: float, weight: float) -> float:
+    return new if old is None else old + weight * (new - old)
+
+
+@dataclass
+class CostProfile:
+    """Measured costs of one (target, drafter, device) combination, in seconds.
+
+    ``draft_s``: draft time per proposed token. ``step_s[n]``: the rest of a
+    step (verify pass over ``n`` positions, acceptance, rollback, bookkeeping)
+    when ``n - 1`` tokens were drafted. Both are exponential moving averages.
+    """
+
+    ema_weight: float = 0.15
+    #: Extra verify cost per scored position, relative to one position, assumed until two lengths are seen.
+    prior_verify_slope: float = 0.05
+    draft_s: float | None = None
+    step_s: dict[int, float] = field(default_factory=dict)
+    step_count: dict[int, int] = field(default_factory=dict)
+    alpha_sum: float = 0.0  # acceptance over past requests, for the next request's prior
+    alpha_requests: int = 0
+
+    def observe(self, num_drafted: int, draft_s: float, verify_s: float) -> None:
+        if num_drafted > 0 and draft_s >= 0.0:
+            self.draft_s = _ema(self.draft_s, draft_s / num_drafted, self.ema_weight)
+        n = num_drafted + 1
+        # The first samples of a length get a larger weight, so one outlier does not stick.
+        count = self.step_count.get(n, 0) + 1
+        self.step_count[n] = count
+        self.step_s[n] = _ema(self.step_s.get(n), verify_s, max(self.ema_weight, 1.0 / count))
+
+    @property
+    def measured(self) -> bool:
+        return bool(self.step_s)
+
+    def verify_s(self, n: int) -> float:
+        """Estimated verify-and-accept time over ``n`` positions (``n >= 1``)."""
+        if n in self.step_s:
+            return self.step_s[n]
+        known = sorted(self.step_s)
+        if not known:
+            raise ValueError("no step has been measured yet")
+        below = [m for m in known if m < n]
+        above = [m for m in known if m > n]
+        if below and above:
+            lo, hi = below[-1], above[0]
+            t = (n - lo) / (hi - lo)
+            return self.step_s[lo] + t * (self.step_s[hi] - self.step_s[lo])
+        if len(known) >= 2:
+            lo, hi = known[0], known[-1]
+            slope = max((self.step_s[hi] - self.step_s[lo]) / (hi - lo), 0.0)
+        else:
+            slope = self.prior_verify_slope * self.step_s[known[0]]
+        edge = below[-1] if below else above[0]
+        return max(self.step_s[edge] + slope * (n - edge), 1e-9)
+
+    def step_cost(self, k: int) -> float:
+        """Estimated seconds of a step with ``k`` draft tokens."""
+        return k * (self.draft_s or 0.0) + self.verify_s(k + 1)
+
+    def c(self) -> float | None:
+        """Draft cost per token relative to a step with no drafts (``None`` until measured)."""
+        if self.draft_s is None or not self.step_s:
+            return None
+        return self.draft_s / self.verify_s(1)
+
+    def v(self, k: int) -> float | None:
+        """Cost of a verify pass with ``k`` drafts relative to a step with none."""
+        if not self.step_s:
+            return None
+        return self.verify_s(k + 1) / self.verify_s(1)
+
+    def record_request(self, alpha: float) -> None:
+        self.alpha_sum += alpha
+        self.alpha_requests += 1
+
+    @property
+    def alpha_prior(self) -> float | None:
+        return self.alpha_sum / self.alpha_requests if self.alpha_requests else None
+
+
+class AdaptiveDraftLength:
+    """Picks ``k`` before each step of one request; learns from each step's outcome.
+
+    Usage (the generator's loop)::
+
+        k = controller.choose()
+        ... propose (draft_s), verify and accept (verify_s) ...
+        controller.observe(num_drafted, num_accepted, draft_s, verify_s)
+        controller.finish()   # at the end of the request
+
+    Before anything is measured it uses ``default_k``. Every ``explore_every``
+    steps it tries a neighbour of the best ``k`` (alternately one below and one
+    above), so the profile learns the local slope of the cost curve.
+    """
+
+    def __init__(
+        self,
+        profile: CostProfile,
+        *,
+        default_k: int,
+        k_min: int = 1,
+        k_max: int | None = None,
+        explore_every: int = 8,
+        prior_mean: float = 0.6,
+        prior_strength: float = 4.0,
+        forget: float = 0.98,
+    ) -> None:
+        if k_min < 1:
+            raise ValueError(f"k_min must be >= 1, got {k_min}")
+        self.profile = profile
+        self.k_min = k_min
+        self.k_max = max(k_max if k_max is not None else max(8, 2 * default_k), k_min)
+        self.default_k = min(max(default_k, k_min), self.k_max)
+        self.explore_every = explore_every
+        mean = profile.alpha_prior if profile.alpha_prior is not None else prior_mean
+        self.acceptance = AcceptanceEstimate(prior_mean=mean, prior_strength=prior_strength, forget=forget)
+        self.steps = 0
+        self.chosen: list[int] = []  # k chosen at each step, for inspection
+
+    @property
+    def alpha(self) -> float:
+        return self.acceptance.alpha
+
+    def best_k(self) -> int:
+        if not self.profile.measured:
+            return self.default_k
+        return best_draft_length(self.alpha, self.profile.step_cost, self.k_min, self.k_max)
+
+    def choose(self) -> int:
+        k = self.best_k()
+        if self.profile.measured and self.explore_every > 0 and self.steps % self.explore_every == self.explore_every - 1:
+            direction = -1 if (self.steps // self.explore_every) % 2 == 0 else 1
+            neighbour = k + direction
+            if not self.k_min <= neighbour <= self.k_max:
+                neighbour = k - direction
+            if self.k_min <= neighbour <= self.k_max:
+                k = neighbour
+        self.chosen.append(k)
+        return k
+
+    def observe(self, num_drafted: int, num_accepted: int, draft_s: float, verify_s: float) -> None:
+        self.steps += 1
+        self.acceptance.observe(num_drafted, num_accepted)
+        self.profile.observe(num_drafted, draft_s, verify_s)
+
+    def finish(self) -> None:
+        if self.acceptance.accepted + self.acceptance.rejected > 0:
+            self.profile.record_request(self.alpha)

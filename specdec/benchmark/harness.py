@@ -1,0 +1,106 @@
+"""Timing: interleaved rounds, medians, and micro-benchmarks of single forward passes.
+
+Every system runs in the same process on the same models. Within a round the
+systems run in a shuffled (seeded) order so that machine drift hits all of
+them alike; results are medians over rounds.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from ..cache import CausalLMAdapter
+
+__all__ = ["Timings", "device_sync", "interleave", "median", "time_forward"]
+
+
+def device_sync(device: torch.device | str) -> None:
+    """Wait for queued kernels (CUDA only); timing boundaries need it, the decode loop does not."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+@dataclass
+class Timings:
+    """Seconds per run, per system name."""
+
+    seconds: dict[str, list[float]] = field(default_factory=dict)
+
+    def add(self, name: str, seconds: float) -> None:
+        self.seconds.setdefault(name, []).append(seconds)
+
+    def median(self, name: str) -> float:
+        return median(self.seconds.get(name, []))
+
+
+def interleave(
+    systems: dict[str, Callable[[], object]],
+    *,
+    rounds: int,
+    device: torch.device | str,
+    seed: int = 0,
+    progress: Callable[[str], None] | None = None,
+    deadline: float | None = None,
+) -> Timings:
+    """Run every system once per round, in a shuffled order, and time each run.
+
+    ``deadline`` (a ``time.perf_counter()`` value): stop starting new runs past it.
+    """
+    rng = random.Random(seed)
+    timings = Timings()
+    names = list(systems)
+    for _ in range(rounds):
+        order = names[:]
+        rng.shuffle(order)
+        for name in order:
+            if deadline is not None and time.perf_counter() > deadline:
+                return timings
+            device_sync(device)
+            start = time.perf_counter()
+            systems[name]()
+            device_sync(device)
+            timings.add(name, time.perf_counter() - start)
+            if progress is not None:
+                progress(name)
+    return timings
+
+
+@torch.inference_mode()
+def time_forward(model: torch.nn.Module, context_ids: torch.Tensor, sizes: list[int], *, repeats: int = 5) -> dict[int, float]:
+    """Median seconds of one cached forward over ``n`` new tokens, for each ``n`` in ``sizes``.
+
+    The cache first holds ``context_ids`` (LongTensor [L]); each measured pass
+    appends ``n`` tokens and is rolled back, exactly as a verify pass (n = k + 1)
+    or a draft step (n = 1) runs inside the decode loop.
+    """
+    adapter = CausalLMAdapter(model)
+    adapter.reset()
+    device = adapter.device
+    context_ids = context_ids.to(device)
+    adapter.forward(context_ids, last_only=True)
+    base = adapter.length
+    block = context_ids[-max(sizes) :].clone()
+    if block.shape[0] < max(sizes):
+        block = block.repeat(max(sizes) // max(block.shape[0], 1) + 1)[: max(sizes)]
+    samples: dict[int, list[float]] = {n: [] for n in sizes}
+    for _ in range(repeats):
+        for n in sizes:
+            device_sync(device)
+            start = time.perf_counter()
+            logits = adapter.forward(block[:n])
+            logits[-1, :1].tolist()  # the loop reads a result back each step
+            samples[n].append(time.perf_counter() - start)
+            adapter.truncate(base)
+    adapter.reset()
+    return {n: median(v) for n, v in samples.items()}

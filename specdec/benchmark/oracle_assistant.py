@@ -1,0 +1,69 @@
+"""The controlled-acceptance oracle for Hugging Face assisted generation.
+
+HF ``generate(assistant_model=...)`` drives a real model. To give it the same
+oracle as :class:`drafts.OracleDrafter`, :func:`oracle_model_class` derives a
+subclass of any HF causal LM class whose forward runs the real network (so it
+costs what the draft model costs) and then rewrites the last position's logits
+so that the reference token is on top with probability ``alpha`` and a random
+wrong token is on top otherwise. Both systems thus pay the same draft cost and
+see the same acceptance rate.
+"""
+
+from __future__ import annotations
+
+import inspect
+import random
+from typing import Any
+
+import torch
+
+__all__ = ["oracle_model_class", "configure_oracle", "configure_assistant"]
+
+_CLASSES: dict[type, type] = {}
+
+
+def oracle_model_class(base: type) -> type:
+    """A subclass of the HF causal LM class ``base`` whose logits follow an oracle (off until configured)."""
+    if base in _CLASSES:
+        return _CLASSES[base]
+
+    def forward(self, input_ids: torch.Tensor | None = None, **kwargs: Any):
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        past = int(cache.get_seq_length()) if cache is not None and hasattr(cache, "get_seq_length") else 0
+        outputs = base.forward(self, input_ids=input_ids, **kwargs)
+        oracle = getattr(self, "_oracle", None)
+        if oracle is not None and input_ids is not None:
+            reference, alpha, rng = oracle
+            position = past + int(input_ids.shape[1])  # index of the token this forward predicts
+            vocab = outputs.logits.shape[-1]
+            right = reference[position] if position < len(reference) else 0
+            if rng.random() < alpha:
+                token = right
+            else:
+                token = (right + 1 + rng.randrange(vocab - 1)) % vocab
+            self.oracle_proposed += 1
+            last = outputs.logits[:, -1, :]
+            last.fill_(-1e4)
+            last[:, token] = 1e4
+        return outputs
+
+    # Same signature as the base forward: callers inspect it (cache and logits_to_keep arguments).
+    forward.__signature__ = inspect.signature(base.forward)  # type: ignore[attr-defined]
+    forward.__doc__ = base.forward.__doc__
+    cls = type(f"Oracle{base.__name__}", (base,), {"forward": forward})
+    _CLASSES[base] = cls
+    return cls
+
+
+def configure_oracle(model: torch.nn.Module, reference_ids: list[int] | None, alpha: float = 1.0, seed: int = 0) -> None:
+    """Point an oracle model at a reference (prompt + continuation), or turn the oracle off with ``None``."""
+    model._oracle = None if reference_ids is None else (list(reference_ids), float(alpha), random.Random(seed))
+    model.oracle_proposed = 0
+
+
+def configure_assistant(model: torch.nn.Module, num_draft_tokens: int) -> None:
+    """HF assisted generation with exactly ``num_draft_tokens`` per round: constant schedule, no early stop."""
+    config = model.generation_config
+    config.num_assistant_tokens = num_draft_tokens
+    config.num_assistant_tokens_schedule = "constant"
+    config.assistant_confidence_threshold = 0.0

@@ -1,0 +1,154 @@
+"""Terminal tables, JSON files and the speedup-vs-k plot."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+__all__ = ["controlled_table", "real_table", "auto_summary", "write_json", "plot_controlled"]
+
+
+def _f(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "NO"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+    line = "  ".join(h.rjust(w) for h, w in zip(header, widths))
+    body = ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows]
+    return "\n".join([line, "  ".join("-" * w for w in widths), *body])
+
+
+def controlled_table(result: dict) -> str:
+    header = ["alpha", "k", "meas.a", "c", "v", "ideal", "ours", "eff", "hf", "ours/hf", "same(ours,hf)"]
+    rows = []
+    for r in result["rows"]:
+        rows.append(
+            [
+                _f(r["alpha"]),
+                str(r["k"]),
+                _f(r.get("measured_alpha")),
+                _f(r.get("c"), 3),
+                _f(r.get("v")),
+                _f(r.get("ideal_speedup")),
+                _f(r.get("ours_speedup")),
+                _f(r.get("efficiency")),
+                _f(r.get("hf_speedup")),
+                _f(r.get("ours_over_hf")),
+                f"{_f(r.get('ours_same_tokens'))},{_f(r.get('hf_same_tokens'))}",
+            ]
+        )
+    head = (
+        f"controlled workload: {result.get('target', '?')} target, {result.get('draft', '?')} draft, "
+        f"{result.get('dtype', '?')} on {result.get('device', '?')}; {result['new_tokens']} new tokens; "
+        f"target alone {result['baseline_tokens_per_s']:.1f} tok/s; speedups over the target alone"
+    )
+    return head + "\n" + _table(header, rows) + "\n" + auto_summary(result)
+
+
+def auto_summary(result: dict) -> str:
+    """How ``auto`` compares with each fixed k and with the best fixed k, per alpha and on average."""
+    rows = result["rows"]
+    alphas = sorted({r["alpha"] for r in rows})
+    fixed_ks = sorted({r["k"] for r in rows if r["k"] != "auto"})
+    if not any(r["k"] == "auto" for r in rows):
+        return ""
+    lines = ["auto draft length vs fixed k (speedup over the target alone):"]
+    by = {(r["alpha"], r["k"]): r.get("ours_speedup") or 0.0 for r in rows}
+    worst_ratio = float("inf")
+    for a in alphas:
+        best_k = max(fixed_ks, key=lambda k: by[(a, k)])
+        ratio = by[(a, "auto")] / by[(a, best_k)] if by[(a, best_k)] else float("nan")
+        worst_ratio = min(worst_ratio, ratio)
+        lines.append(f"  alpha={a}: auto {by[(a, 'auto')]:.2f}  best fixed k={best_k} {by[(a, best_k)]:.2f}  auto/best {ratio:.3f}")
+    mean_auto = sum(by[(a, "auto")] for a in alphas) / len(alphas)
+    mean_fixed = {k: sum(by[(a, k)] for a in alphas) / len(alphas) for k in fixed_ks}
+    best_single = max(mean_fixed, key=mean_fixed.get)
+    lines.append(
+        f"  mean over alpha: auto {mean_auto:.3f}  best single fixed k={best_single} {mean_fixed[best_single]:.3f}"
+        f"  (auto/best single {mean_auto / mean_fixed[best_single]:.3f}); worst auto/best-k per alpha {worst_ratio:.3f}"
+    )
+    result["auto_summary"] = {
+        "mean_auto_speedup": mean_auto,
+        "best_single_fixed_k": best_single,
+        "best_single_fixed_mean_speedup": mean_fixed[best_single],
+        "worst_auto_over_best_fixed": worst_ratio,
+    }
+    return "\n".join(lines)
+
+
+def real_table(result: dict) -> str:
+    systems = result["systems"]
+    header = ["prompt", "task", "tokens"] + [f"{s} tok/s" for s in systems] + [f"{s} x" for s in systems[1:]]
+    header += ["ours/hf-pl", "same"]
+    rows = []
+    ours = [s for s in systems if s.startswith("ours-")]
+    for r in result["rows"]:
+        cells = [r["prompt"], r["task"], str(r["new_tokens"])]
+        cells += [_f(r[s]["tokens_per_s"], 1) for s in systems]
+        cells += [_f(r[s]["speedup"]) for s in systems[1:]]
+        cells += [_f(r[ours[0]]["speedup"] / r["hf-prompt-lookup"]["speedup"]) if ours else "-"]
+        cells += [",".join(_f(r[s]["same_tokens"]) for s in systems[1:])]
+        rows.append(cells)
+    lines = [
+        f"real workload: {result.get('target', '?')} in {result['dtype']} on {result['device']}, "
+        f"{result['max_new_tokens']} new tokens max, median of {result['rounds']} interleaved rounds; x = speedup over the target alone",
+        _table(header, rows),
+    ]
+    for group, per_system in result["summary"].items():
+        parts = [f"{s} {v['median_speedup']:.2f}x" for s, v in per_system.items()]
+        extra = [f"{s}/hf-prompt-lookup {v['median_over_hf_prompt_lookup']:.2f}" for s, v in per_system.items() if "median_over_hf_prompt_lookup" in v]
+        lines.append(f"  median over {group} prompts: " + ", ".join(parts + extra))
+    return "\n".join(lines)
+
+
+def write_json(result: Any, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    return path
+
+
+def plot_controlled(result: dict, path: str | Path, title: str | None = None) -> Path | None:
+    """PNG: speedup against k, one colour per alpha; solid = measured (ours), dashed = ideal, dotted = HF."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # pragma: no cover - matplotlib is a dev/bench extra
+        return None
+    rows = [r for r in result["rows"] if r["k"] != "auto"]
+    alphas = sorted({r["alpha"] for r in rows})
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, a in enumerate(alphas):
+        sel = sorted((r for r in rows if r["alpha"] == a), key=lambda r: r["k"])
+        ks = [r["k"] for r in sel]
+        color = colors[i % len(colors)]
+        ax.plot(ks, [r.get("ideal_speedup") for r in sel], "--", color=color, alpha=0.7)
+        ax.plot(ks, [r.get("ours_speedup") for r in sel], "o-", color=color, label=f"alpha={a}")
+        if any(r.get("hf_speedup") for r in sel):
+            ax.plot(ks, [r.get("hf_speedup") for r in sel], "x:", color=color, alpha=0.8)
+        auto = [r for r in result["rows"] if r["alpha"] == a and r["k"] == "auto"]
+        if auto and auto[0].get("ours_speedup"):
+            ax.axhline(auto[0]["ours_speedup"], color=color, lw=0.8, alpha=0.4)
+    ax.axhline(1.0, color="gray", lw=0.8)
+    ax.set_xlabel("draft tokens per step (k)")
+    ax.set_ylabel("speedup over the target alone")
+    ax.set_title(title or "controlled workload: solid = ours (measured), dashed = ideal, dotted = HF assisted", fontsize=9)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -1,0 +1,136 @@
+"""The adaptive draft-length controller: deterministic logic (no timing asserts) and exactness of ``auto``."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from drafts import NGramDrafter, OracleDrafter
+from specdec import InvalidArgumentError, SpeculativeGenerator
+from specdec.adaptive import (
+    AcceptanceEstimate,
+    AdaptiveDraftLength,
+    CostProfile,
+    best_draft_length,
+    expected_tokens,
+    ideal_speedup,
+)
+from specdec.benchmark import random_llama
+
+
+def test_expected_tokens_formula():
+    assert expected_tokens(0.0, 5) == 1.0
+    assert expected_tokens(1.0, 5) == 6.0
+    assert expected_tokens(0.5, 2) == pytest.approx(1 + 0.5 + 0.25)
+    assert ideal_speedup(0.8, 4, 0.05, 1.2) == pytest.approx((1 - 0.8**5) / 0.2 / (0.2 + 1.2))
+
+
+def test_best_draft_length_matches_worked_example():
+    # alpha 0.8, c 0.05, v(k) = 1 + 0.1 k: rates 1.57, 1.88, 2.04, 2.10, 2.11, 2.08 for k = 1..6.
+    assert best_draft_length(0.8, lambda k: 0.05 * k + 1 + 0.1 * k, 1, 12) == 5
+
+
+def test_best_k_grows_with_alpha_and_shrinks_with_cost():
+    cheap = lambda k: 1 + 0.02 * k  # noqa: E731
+    dear = lambda k: 1 + 0.4 * k  # noqa: E731
+    ks = [best_draft_length(a, cheap, 1, 16) for a in (0.3, 0.6, 0.8, 0.95)]
+    assert ks == sorted(ks) and ks[0] < ks[-1]
+    assert best_draft_length(0.8, dear, 1, 16) < best_draft_length(0.8, cheap, 1, 16)
+
+
+def test_acceptance_estimate_counts_the_first_rejection_only():
+    est = AcceptanceEstimate(prior_mean=0.5, prior_strength=2.0, forget=1.0)
+    est.observe(4, 4)  # 4 accepted, no rejection
+    est.observe(4, 1)  # 1 accepted, 1 rejection (positions 3 and 4 untested)
+    est.observe(0, 0)  # nothing drafted: no evidence
+    assert est.alpha == pytest.approx((1 + 5) / (2 + 6))
+
+
+def test_cost_profile_interpolates_and_extrapolates():
+    profile = CostProfile(ema_weight=1.0)
+    profile.observe(0, 0.0, 1.0)  # n = 1
+    profile.observe(4, 0.4, 1.4)  # n = 5: draft 0.1 s per token
+    assert profile.draft_s == pytest.approx(0.1)
+    assert profile.verify_s(3) == pytest.approx(1.2)
+    assert profile.verify_s(9) == pytest.approx(1.8)
+    assert profile.c() == pytest.approx(0.1)
+    assert profile.v(4) == pytest.approx(1.4)
+    assert profile.step_cost(2) == pytest.approx(0.2 + 1.2)
+
+
+def _simulate(alpha: float, c: float, slope: float, steps: int = 200) -> AdaptiveDraftLength:
+    """Feed the controller exact costs and outcomes drawn at a fixed alpha (seeded)."""
+    import random
+
+    rng = random.Random(0)
+    controller = AdaptiveDraftLength(CostProfile(), default_k=4, k_max=12)
+    for _ in range(steps):
+        k = controller.choose()
+        accepted = 0
+        while accepted < k and rng.random() < alpha:
+            accepted += 1
+        controller.observe(k, accepted, c * k, 1.0 + slope * k)
+    return controller
+
+
+@pytest.mark.parametrize("alpha", [0.5, 0.8, 0.95])
+def test_controller_converges_to_the_best_k(alpha):
+    c, slope = 0.05, 0.1
+    controller = _simulate(alpha, c, slope)
+    optimum = best_draft_length(alpha, lambda k: c * k + 1 + slope * k, 1, 12)
+    late = controller.chosen[-40:]
+    most = max(set(late), key=late.count)
+    assert abs(most - optimum) <= 1
+    assert abs(controller.alpha - alpha) < 0.12
+
+
+def test_controller_explores_neighbours_and_starts_at_the_default():
+    controller = AdaptiveDraftLength(CostProfile(), default_k=3, explore_every=4)
+    assert controller.choose() == 3
+    for _ in range(12):
+        k = controller.choose()
+        controller.observe(k, k, 0.01 * k, 1.0 + 0.05 * k)
+    assert len(set(controller.chosen)) >= 2
+
+
+def test_profile_and_alpha_prior_persist_across_requests():
+    profile = CostProfile()
+    first = AdaptiveDraftLength(profile, default_k=4)
+    for _ in range(20):
+        k = first.choose()
+        first.observe(k, k, 0.0, 1.0)
+    first.finish()
+    second = AdaptiveDraftLength(profile, default_k=4)
+    assert second.acceptance.prior_mean > 0.9
+    assert second.choose() > 4  # alpha ~1 and free drafts: draft long from the first step
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return random_llama(vocab_size=128, hidden_size=32, num_layers=2, intermediate_size=64, num_heads=4, seed=0)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.5, 0.9, 1.0])
+def test_auto_is_exact_with_the_oracle(tiny, alpha):
+    prompt = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6]])
+    with torch.inference_mode():
+        reference = tiny.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False, max_new_tokens=48)
+    gen = SpeculativeGenerator(tiny, OracleDrafter(reference[0], alpha, seed=1))
+    for _ in range(2):  # the second request starts from the learned profile
+        out = gen.generate(prompt, max_new_tokens=48, num_draft_tokens="auto")
+        assert torch.equal(out.sequences, reference)
+    assert gen.draft_costs.measured
+
+
+def test_auto_is_exact_with_ngram(tiny):
+    prompt = torch.tensor([[7, 8, 9, 7, 8, 9, 7, 8, 9, 10]])
+    with torch.inference_mode():
+        reference = tiny.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False, max_new_tokens=40)
+    out = SpeculativeGenerator(tiny, NGramDrafter()).generate(prompt, max_new_tokens=40, num_draft_tokens="auto")
+    assert torch.equal(out.sequences, reference)
+
+
+def test_bad_draft_length_strings_are_refused(tiny):
+    gen = SpeculativeGenerator(tiny, NGramDrafter())
+    with pytest.raises(InvalidArgumentError, match="auto"):
+        gen.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=4, num_draft_tokens="fast")

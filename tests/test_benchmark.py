@@ -1,0 +1,123 @@
+"""The benchmark engine on tiny random models: wiring, exactness of every system, report files.
+
+No timing is asserted here (timing claims live in the benchmark scripts)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import LlamaForCausalLM
+
+from drafts import NGramDrafter, OracleDrafter
+from specdec import SpeculativeGenerator
+from specdec.benchmark import (
+    build_cost_draft,
+    configure_assistant,
+    configure_oracle,
+    controlled_table,
+    oracle_model_class,
+    plot_controlled,
+    random_llama,
+    run_bench,
+    run_controlled,
+    write_json,
+)
+from specdec.benchmark.harness import time_forward
+
+VOCAB = 256
+
+
+@pytest.fixture(scope="module")
+def target():
+    return random_llama(vocab_size=VOCAB, hidden_size=64, num_layers=2, intermediate_size=128, num_heads=4, seed=1)
+
+
+@pytest.fixture(scope="module")
+def draft(target):
+    return build_cost_draft(target, hidden=32, layers=1, intermediate=64, seed=2)
+
+
+def _reference(target, prompt, n):
+    with torch.inference_mode():
+        return target.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False, max_new_tokens=n)
+
+
+def test_oracle_assistant_puts_reference_on_top_with_alpha_one(target, draft):
+    prompt = torch.tensor([[5, 9, 3, 7]])
+    reference = _reference(target, prompt, 12)
+    configure_oracle(draft, reference[0].tolist(), 1.0)
+    with torch.inference_mode():
+        drafted = draft.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False, max_new_tokens=12)
+    configure_oracle(draft, None)
+    assert torch.equal(drafted, reference)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.6, 1.0])
+def test_hf_assisted_with_oracle_is_exact(target, draft, alpha):
+    prompt = torch.tensor([[1, 2, 3, 4, 5]])
+    reference = _reference(target, prompt, 20)
+    configure_oracle(draft, reference[0].tolist(), alpha, seed=3)
+    configure_assistant(draft, 4)
+    with torch.inference_mode():
+        out = target.generate(prompt, attention_mask=torch.ones_like(prompt), assistant_model=draft, do_sample=False, max_new_tokens=20)
+    configure_oracle(draft, None)
+    assert torch.equal(out, reference)
+
+
+@pytest.mark.parametrize("k", [1, 3, "auto"])
+def test_oracle_drafter_with_cost_model_is_exact_and_keeps_its_rate(target, draft, k):
+    prompt = torch.tensor([[1, 2, 3, 4, 5]])
+    reference = _reference(target, prompt, 40)
+    drafter = OracleDrafter(reference[0], 1.0, num_draft_tokens=4, cost_model=draft)
+    out = SpeculativeGenerator(target, drafter).generate(prompt, max_new_tokens=40, num_draft_tokens=k)
+    assert torch.equal(out.sequences, reference)
+    assert out.stats.acceptance_rate == 1.0
+
+def test_run_controlled_reports_every_cell_with_identical_tokens(target, draft, tmp_path):
+    prompt = torch.tensor([[1, 2, 3, 4, 5, 6]])
+    result = run_controlled(
+        target=target, draft=draft, prompt_ids=prompt, oracle_factory=OracleDrafter,
+        alphas=[0.5, 0.9], ks=[2, 4], max_new_tokens=16, rounds=1, warmup=0,
+    )
+    rows = result["rows"]
+    assert {(r["alpha"], r["k"]) for r in rows} == {(a, k) for a in (0.5, 0.9) for k in (2, 4, "auto")}
+    for r in rows:
+        assert r["ours_same_tokens"] is True
+        if r["k"] != "auto":
+            assert r["hf_same_tokens"] is True
+            assert r["ideal_speedup"] > 0 and r["c"] > 0 and r["v"] > 0
+    text = controlled_table(result)
+    assert "auto/best" in text
+    write_json(result, tmp_path / "c.json")
+    assert json.loads((tmp_path / "c.json").read_text())["rows"]
+    assert plot_controlled(result, tmp_path / "c.png").stat().st_size > 1000
+
+
+def test_time_forward_rolls_back(target):
+    times = time_forward(target, torch.arange(10), [1, 3], repeats=2)
+    assert set(times) == {1, 3} and all(t > 0 for t in times.values())
+
+
+def test_run_bench_real_workload_on_a_tiny_model(tmp_path, monkeypatch, target):
+    """run_bench wiring for the real workload, with the model loader swapped for a tiny model."""
+    import specdec.benchmark.run as run_module
+
+    class Tokenizer:
+        chat_template = None
+
+        def __call__(self, text, return_tensors=None):
+            ids = torch.tensor([[ord(ch) % VOCAB for ch in text[:40]]])
+            return type("Enc", (), {"input_ids": ids})()
+
+    monkeypatch.setattr(run_module, "_load", lambda name, dtype, device: (target, Tokenizer()))
+    result = run_bench(
+        {"workload": "real", "quick": True, "dtype": "float32", "out_dir": str(tmp_path), "progress": False,
+         "max_new_tokens": 8},
+        {"ngram": NGramDrafter, "oracle": OracleDrafter},
+        print_fn=lambda s: None,
+    )
+    (real,) = result["real"]
+    assert all(row[s]["same_tokens"] for row in real["rows"] for s in real["systems"][1:])
+    assert (tmp_path / "bench_real.json").exists()
