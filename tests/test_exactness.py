@@ -27,6 +27,8 @@ from transformers import (
 from drafts import ModelDrafter, NGramDrafter, OracleDrafter
 from specdec import SpeculativeGenerator
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 PROMPT_LEN = 7
 NEW_TOKENS = 36
 DRAFTERS = ("self", "random", "ngram", "oracle")
