@@ -1,0 +1,105 @@
+"""The package layering of the design card, checked by scanning the import statements of every source file.
+
+    specdec  imports neither drafts nor streaming (specdec/cli.py, the one wiring module, aside)
+    drafts   imports specdec's public names only, never streaming
+    streaming imports specdec's public names only, never drafts
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+import specdec
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("specdec", "drafts", "streaming")
+WIRING_MODULES = {"specdec.cli"}  # allowed to import all three packages
+FORBIDDEN = {"specdec": {"drafts", "streaming"}, "drafts": {"streaming"}, "streaming": {"drafts"}}
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def imports(path: Path) -> list[tuple[str, list[str], int]]:
+    """(absolute module, imported names, line) for each import statement, relative ones resolved."""
+    module = module_name(path)
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found += [(alias.name, [], node.lineno) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - (node.level - 1)]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            found.append((target, [alias.name for alias in node.names], node.lineno))
+    return found
+
+
+def source_files(package: str) -> list[Path]:
+    directory = ROOT / package
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.rglob("*.py") if "__pycache__" not in p.parts)
+
+
+def violations(package: str) -> list[str]:
+    problems = []
+    public = set(specdec.__all__)
+    for path in source_files(package):
+        module = module_name(path)
+        if module in WIRING_MODULES:
+            continue
+        for target, names, line in imports(path):
+            top = target.split(".")[0]
+            where = f"{path.relative_to(ROOT)}:{line} imports {target}"
+            if top in FORBIDDEN[package]:
+                problems.append(f"{where}: {package} must not import {top}")
+            if package != "specdec" and top == "specdec":
+                if target != "specdec":
+                    problems.append(f"{where}: import specdec's public names (`from specdec import ...`)")
+                private = [n for n in names if n not in public]
+                if private:
+                    problems.append(f"{where}: {private} are not in specdec.__all__")
+    return problems
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_layering(package):
+    if not source_files(package):
+        pytest.skip(f"{package}/ has no sources yet")
+    assert violations(package) == []
+
+
+def test_the_scan_sees_imports(tmp_path, monkeypatch):
+    """The checker itself: it resolves relative imports and catches each kind of violation."""
+    fake = tmp_path
+    for package, files in {
+        "specdec": {"__init__.py": "", "core.py": "import streaming\n", "cli.py": "import drafts\n"},
+        "drafts": {
+            "__init__.py": "from .model import X\n",
+            "model.py": "from specdec.generator import SpeculativeGenerator\nfrom specdec import _private\n",
+        },
+        "streaming": {"__init__.py": "", "sub/__init__.py": "", "sub/deep.py": "from ...drafts import ngram\n"},
+    }.items():
+        for name, text in files.items():
+            file = fake / package / name
+            file.parent.mkdir(parents=True, exist_ok=True)
+            file.write_text(text)
+    monkeypatch.setattr(__import__(__name__), "ROOT", fake)
+    assert [v.split(":")[0] for v in violations("specdec")] == ["specdec/core.py"]
+    drafts_problems = violations("drafts")
+    assert any("specdec.generator" in p for p in drafts_problems)
+    assert any("_private" in p for p in drafts_problems)
+    assert len(drafts_problems) == 2
+    assert ["must not import drafts" in p for p in violations("streaming")] == [True]
