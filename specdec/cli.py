@@ -149,7 +149,7 @@ def _print_stats(stats: Any, finish_reason: str, as_json: bool) -> None:
         print(json.dumps({"finish_reason": finish_reason, **stats.as_dict()}))
         return
     print(
-        f"\n\n[{stats.new_tokens} tokens in {stats.wall_time_s:.2f} s = {stats.tokens_per_s:.1f} tok/s | "
+        f"\n[{stats.new_tokens} tokens in {stats.wall_time_s:.2f} s = {stats.tokens_per_s:.1f} tok/s | "
         f"{stats.steps} target steps, {stats.mean_accepted_per_step:.2f} tokens/step | "
         f"drafted {stats.drafted}, accepted {stats.accepted} ({stats.acceptance_rate:.0%}) | {finish_reason}]",
         file=sys.stderr,
@@ -178,6 +178,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         hub = StreamHub()
         stream = hub.start(generator, input_ids, tokenizer=tokenizer, provisional=args.show_drafts, **_generate_kwargs(args))
         await render_stream(stream, file=sys.stdout, show_drafts=args.show_drafts)
+        print(flush=True)
         return await stream.result()
 
     out = asyncio.run(run())
