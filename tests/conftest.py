@@ -71,7 +71,7 @@ def build_model(
     distributions are peaked (random init gives nearly uniform ones); with it
     the input and output embeddings are untied.
     """
-    key = (arch, seed, dtype, logit_scale, tuple(sorted(overrides.items())))
+    key = (arch, seed, dtype, logit_scale, repr(sorted(overrides.items())))
     if key not in _MODELS:
         if logit_scale is not None:
             overrides.setdefault("tie_word_embeddings", False)

@@ -91,7 +91,7 @@ def test_same_seed_same_proposals_and_past_the_end_nothing():
     assert isinstance(OracleDrafter(reference, 0.5), Drafter)
 
 
-def test_reference_shorter_than_generation_is_still_exact(long_reference, greedy_reference):
+def test_reference_shorter_than_generation_is_still_exact(long_reference):
     target, input_ids, reference = long_reference
     short = reference[0, : 5 + 10]
     out = SpeculativeGenerator(target, OracleDrafter(short, 1.0)).generate(
