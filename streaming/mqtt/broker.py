@@ -1,0 +1,129 @@
+"""Run a private mosquitto on loopback: for tests, benchmarks and ``specdec serve --start-broker``.
+
+Example::
+
+    with LocalMosquitto() as broker:      # a free port on 127.0.0.1, its own config file
+        url = broker.url                   # mqtt://127.0.0.1:PORT
+        broker.restart()                   # same port; persistence is off, so state is lost
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from .errors import TransportError
+
+__all__ = ["LocalMosquitto", "find_mosquitto", "free_port"]
+
+
+def find_mosquitto() -> str | None:
+    """The mosquitto broker binary, or None (Debian installs it in /usr/sbin, often not on PATH)."""
+    found = shutil.which("mosquitto")
+    if found:
+        return found
+    for candidate in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto", "/opt/homebrew/sbin/mosquitto"):
+        if os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+class LocalMosquitto:
+    """A mosquitto process listening on ``host:port`` only, anonymous, persistence off."""
+
+    def __init__(self, *, port: int | None = None, host: str = "127.0.0.1", binary: str | None = None) -> None:
+        self.binary = binary or find_mosquitto()
+        if self.binary is None:
+            raise TransportError("the mosquitto binary is not installed (Debian/Ubuntu: apt-get install mosquitto)")
+        self.host = host
+        self.port = port or free_port(host)
+        self._dir = Path(tempfile.mkdtemp(prefix="specdec-mosquitto-"))
+        self.config_path = self._dir / "mosquitto.conf"
+        self.log_path = self._dir / "mosquitto.log"
+        self.config_path.write_text(
+            "\n".join(
+                [
+                    f"listener {self.port} {self.host}",
+                    "allow_anonymous true",
+                    "persistence false",
+                    "max_queued_messages 100000",
+                    "max_inflight_messages 0",
+                    "set_tcp_nodelay true",
+                    f"log_dest file {self.log_path}",
+                    "log_type error",
+                    "log_type warning",
+                    "",
+                ]
+            )
+        )
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{self.host}:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self, timeout_s: float = 10.0) -> "LocalMosquitto":
+        if self.running:
+            return self
+        self._proc = subprocess.Popen(
+            [self.binary, "-c", str(self.config_path)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                err = self._proc.stderr.read().decode(errors="replace") if self._proc.stderr else ""
+                raise TransportError(f"mosquitto exited at start (code {self._proc.returncode}): {err.strip()}")
+            try:
+                with socket.create_connection((self.host, self.port), timeout=0.2):
+                    return self
+            except OSError:
+                time.sleep(0.02)
+        self.stop()
+        raise TransportError(f"mosquitto did not listen on {self.host}:{self.port} within {timeout_s} s")
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if proc.stderr is not None:
+            proc.stderr.close()
+
+    def restart(self, down_s: float = 0.0) -> None:
+        self.stop()
+        if down_s:
+            time.sleep(down_s)
+        self.start()
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def __enter__(self) -> "LocalMosquitto":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
