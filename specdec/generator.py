@@ -10,6 +10,7 @@ from transformers import GenerationConfig, LogitsProcessorList, PreTrainedModel,
 
 from .adaptive import AdaptiveDraftLength, CostProfile
 from .cache import CausalLMAdapter
+from .config_processors import config_processors, config_sampling_warpers
 from .drafter import DraftContext, Drafter
 from .errors import InvalidArgumentError, VocabularyMismatchError
 from .logits import LogitsShaper
@@ -179,7 +180,17 @@ class SpeculativeGenerator:
             )
         if int(prompt.max()) >= self.target.vocab_size or int(prompt.min()) < 0:
             raise InvalidArgumentError(f"input_ids holds token ids outside the vocabulary [0, {self.target.vocab_size})")
-        return _Run(self, prompt, params, logits_processor, stopping_criteria, sink, on_draft, streamer, cancel).run()
+        # HF generate applies the processors of the model's own generation_config unless one is passed.
+        effective_config = generation_config or getattr(self.target.model, "generation_config", None) or GenerationConfig()
+        processors = config_processors(
+            effective_config,
+            prompt_length=int(prompt.shape[0]),
+            eos_token_ids=params.eos_token_ids,
+            device=self.target.device,
+        )
+        processors.extend(logits_processor or [])
+        warpers = config_sampling_warpers(effective_config, device=self.target.device)
+        return _Run(self, prompt, params, processors, warpers, stopping_criteria, sink, on_draft, streamer, cancel).run()
 
 
 class _Run:
@@ -190,7 +201,8 @@ class _Run:
         gen: SpeculativeGenerator,
         prompt: torch.Tensor,
         params: GenerationParams,
-        logits_processor: LogitsProcessorList | None,
+        logits_processor: LogitsProcessorList,
+        extra_warpers: LogitsProcessorList,
         stopping_criteria: StoppingCriteriaList | None,
         sink: TokenCallback | None,
         on_draft: TokenCallback | None,
@@ -205,13 +217,13 @@ class _Run:
         self.streamer = streamer
         self.cancel = cancel
         self.stopping = StoppingCriteriaList(stopping_criteria) if stopping_criteria else None
-        processors = LogitsProcessorList(logits_processor) if logits_processor else None
         self.shaper = LogitsShaper(
             do_sample=params.do_sample,
             temperature=float(params.temperature),
             top_k=params.top_k,
             top_p=params.top_p,
-            processors=processors,
+            processors=logits_processor or None,
+            extra_warpers=extra_warpers or None,
         )
         default_k = self.drafter.default_num_draft_tokens
         # "auto": a cost model picks k before every step (see specdec.adaptive); self.k is then its upper bound.

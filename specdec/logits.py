@@ -34,6 +34,7 @@ class LogitsShaper:
     top_k: int | None = None
     top_p: float | None = None
     processors: LogitsProcessorList | None = None  # user processors; may read the token history
+    extra_warpers: LogitsProcessorList | None = None  # sampling warpers after top-p (min-p, typical, ...)
 
     def __post_init__(self) -> None:
         warpers = LogitsProcessorList()
@@ -44,6 +45,8 @@ class LogitsShaper:
                 warpers.append(TopKLogitsWarper(self.top_k))
             if self.top_p is not None and self.top_p < 1.0:
                 warpers.append(TopPLogitsWarper(self.top_p))
+            if self.extra_warpers:
+                warpers.extend(self.extra_warpers)
         object.__setattr__(self, "_warpers", warpers)
 
     @property

@@ -25,7 +25,7 @@ from transformers import (
 )
 
 from drafts import ModelDrafter, NGramDrafter, OracleDrafter
-from specdec import SpeculativeGenerator
+from specdec import InvalidArgumentError, SpeculativeGenerator
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -452,15 +452,35 @@ def test_sliding_layer_types_match_generate(arch, kind, k, tiny_lm, prompt, gree
     check_output(out, reference, PROMPT_LEN, NEW_TOKENS)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap: processor settings in the target's own generation_config (repetition_penalty, "
-    "no_repeat_ngram_size, ...) are applied by HF generate but not by SpeculativeGenerator",
+@pytest.mark.parametrize(
+    "setting",
+    [
+        {"repetition_penalty": 1.8},
+        {"no_repeat_ngram_size": 2},
+        {"suppress_tokens": [1, 2, 3, 5, 8]},
+        {"min_new_tokens": 20, "eos_token_id": 7},
+        {"sequence_bias": {(4,): 3.0}},
+    ],
+    ids=lambda setting: "+".join(setting),
 )
-def test_processors_from_the_models_generation_config(tiny_lm, prompt):
+def test_processors_from_the_models_generation_config(setting, tiny_lm, prompt):
+    """HF generate applies the processors named by the model's own generation_config; so do we."""
     target = copy.deepcopy(tiny_lm("llama"))
-    target.generation_config.repetition_penalty = 1.8
+    for name, value in setting.items():
+        setattr(target.generation_config, name, value)
     input_ids = prompt(PROMPT_LEN)
     reference = target.generate(input_ids, do_sample=False, max_new_tokens=NEW_TOKENS)
-    out = SpeculativeGenerator(target, NGramDrafter()).generate(input_ids, max_new_tokens=NEW_TOKENS)
-    assert out.sequences.tolist() == reference.tolist()
+    for drafter in (NGramDrafter(), ModelDrafter(target)):
+        out = SpeculativeGenerator(target, drafter).generate(input_ids, max_new_tokens=NEW_TOKENS)
+        assert out.sequences.tolist() == reference.tolist()
+
+
+def test_unreproducible_generation_config_settings_are_refused(tiny_lm, prompt):
+    target = copy.deepcopy(tiny_lm("llama"))
+    target.generation_config.forced_eos_token_id = 3
+    gen = SpeculativeGenerator(target, NGramDrafter())
+    with pytest.raises(InvalidArgumentError, match="forced_eos_token_id"):
+        gen.generate(prompt(PROMPT_LEN), max_new_tokens=8)
+    target.generation_config.forced_eos_token_id = None
+    reference = target.generate(prompt(PROMPT_LEN), do_sample=False, max_new_tokens=8)
+    assert gen.generate(prompt(PROMPT_LEN), max_new_tokens=8).sequences.tolist() == reference.tolist()
