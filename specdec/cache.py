@@ -39,6 +39,11 @@ def check_rollback_support(model: PreTrainedModel) -> None:
     config = getattr(model, "config", None)
     if config is None:
         raise UnsupportedModelError(f"{name} has no `config`: pass a transformers AutoModelForCausalLM model")
+    can_generate = getattr(model, "can_generate", None)
+    if callable(can_generate) and not can_generate():
+        raise UnsupportedModelError(
+            f"{name} has no language-modeling head; load it with AutoModelForCausalLM"
+        )
     if getattr(config, "is_encoder_decoder", False):
         raise UnsupportedModelError(f"{name} is an encoder-decoder model; only decoder-only causal LMs are supported")
     if getattr(model, "_is_stateful", False):

@@ -211,6 +211,16 @@ def test_not_a_model_is_refused():
         SpeculativeGenerator(torch.nn.Linear(2, 2), NGramDrafter())
 
 
+def test_model_without_language_modeling_head_is_refused():
+    from transformers import BertConfig, BertModel
+
+    encoder = BertModel(
+        BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    )
+    with pytest.raises(UnsupportedModelError, match="language-modeling head"):
+        SpeculativeGenerator(encoder, NGramDrafter())
+
+
 class _NotADrafter:
     default_num_draft_tokens = 4
     vocab_size = None
