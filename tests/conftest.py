@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import os
+
 import pytest
 import torch
 import transformers
@@ -56,6 +58,9 @@ def tiny_config(arch: str, *, vocab_size: int = VOCAB, **overrides: Any) -> Pret
 
 _MODELS: dict[tuple, PreTrainedModel] = {}
 
+# Run the model tests on another device with SPECDEC_TEST_DEVICE=cuda (CI uses the CPU).
+TEST_DEVICE = torch.device(os.environ.get("SPECDEC_TEST_DEVICE", "cpu"))
+
 
 def build_model(
     arch: str = "llama",
@@ -81,14 +86,14 @@ def build_model(
         if logit_scale is not None:
             with torch.no_grad():
                 model.get_output_embeddings().weight.mul_(logit_scale)
-        _MODELS[key] = model.to(dtype).eval().requires_grad_(False)
+        _MODELS[key] = model.to(device=TEST_DEVICE, dtype=dtype).eval().requires_grad_(False)
     return _MODELS[key]
 
 
 def make_prompt(length: int, seed: int = 2, vocab_size: int = VOCAB) -> torch.Tensor:
     """LongTensor [1, length] of random ids that avoid the special tokens."""
     generator = torch.Generator().manual_seed(seed)
-    return torch.randint(3, vocab_size, (1, length), generator=generator)
+    return torch.randint(3, vocab_size, (1, length), generator=generator).to(TEST_DEVICE)
 
 
 _REFERENCES: dict[tuple, torch.Tensor] = {}
