@@ -207,9 +207,15 @@ class AdaptiveDraftLength:
         controller.observe(num_drafted, num_accepted, draft_s, verify_s)
         controller.finish()   # at the end of the request
 
+    ``k = 0`` (no draft, a plain target step) is allowed: a drafter that is
+    mostly wrong and costs more than it saves gets switched off, and the
+    exploration below (and alpha drifting back to its prior as old evidence
+    fades) switches it on again to check.
+
     Before anything is measured it uses ``default_k``. Every ``explore_every``
     steps it tries a neighbour of the best ``k`` (alternately one below and one
-    above), so the profile learns the local slope of the cost curve.
+    above) until that neighbour has ``explore_samples`` measurements, so the
+    profile learns the local slope of the cost curve and then stops paying for it.
     """
 
     def __init__(
@@ -217,20 +223,22 @@ class AdaptiveDraftLength:
         profile: CostProfile,
         *,
         default_k: int,
-        k_min: int = 1,
+        k_min: int = 0,
         k_max: int | None = None,
         explore_every: int = 8,
+        explore_samples: int = 12,
         prior_mean: float = 0.6,
         prior_strength: float = 4.0,
         forget: float = 0.98,
     ) -> None:
-        if k_min < 1:
-            raise ValueError(f"k_min must be >= 1, got {k_min}")
+        if k_min < 0:
+            raise ValueError(f"k_min must be >= 0, got {k_min}")
         self.profile = profile
         self.k_min = k_min
-        self.k_max = max(k_max if k_max is not None else max(8, 2 * default_k), k_min)
+        self.k_max = max(k_max if k_max is not None else max(8, 2 * default_k), k_min, 1)
         self.default_k = min(max(default_k, k_min), self.k_max)
         self.explore_every = explore_every
+        self.explore_samples = explore_samples
         mean = profile.alpha_prior if profile.alpha_prior is not None else prior_mean
         self.acceptance = AcceptanceEstimate(prior_mean=mean, prior_strength=prior_strength, forget=forget)
         self.steps = 0
@@ -252,7 +260,8 @@ class AdaptiveDraftLength:
             neighbour = k + direction
             if not self.k_min <= neighbour <= self.k_max:
                 neighbour = k - direction
-            if self.k_min <= neighbour <= self.k_max:
+            # Explore only while the neighbour's cost is poorly known: a learned profile costs nothing.
+            if self.k_min <= neighbour <= self.k_max and self.profile.step_count.get(neighbour + 1, 0) < self.explore_samples:
                 k = neighbour
         self.chosen.append(k)
         return k

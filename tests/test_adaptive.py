@@ -134,3 +134,9 @@ def test_bad_draft_length_strings_are_refused(tiny):
     gen = SpeculativeGenerator(tiny, NGramDrafter())
     with pytest.raises(InvalidArgumentError, match="auto"):
         gen.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=4, num_draft_tokens="fast")
+
+
+def test_a_useless_expensive_drafter_is_switched_off():
+    controller = _simulate(alpha=0.0, c=0.5, slope=0.3)
+    late = controller.chosen[-40:]
+    assert late.count(0) > len(late) // 2

@@ -121,3 +121,23 @@ def test_run_bench_real_workload_on_a_tiny_model(tmp_path, monkeypatch, target):
     (real,) = result["real"]
     assert all(row[s]["same_tokens"] for row in real["rows"] for s in real["systems"][1:])
     assert (tmp_path / "bench_real.json").exists()
+
+
+def test_gpu_sweep_runs_end_to_end_on_cpu_with_tiny_shapes(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_sweep.py"
+    spec = importlib.util.spec_from_file_location("gpu_sweep", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    code = module.main(
+        ["--device", "cpu", "--tiny", "--alphas", "0.8", "--ks", "2,4", "--max-new-tokens", "12", "--rounds", "1",
+         "--warmup", "0", "--prompt-tokens", "8", "--out-dir", str(tmp_path)]
+    )
+    assert code == 0
+    summary = json.loads((tmp_path / "bench_gpu_sweep.json").read_text())
+    assert set(summary["results"]) == {"1b", "8b"}
+    for result in summary["results"].values():
+        assert all(r["ours_same_tokens"] for r in result["rows"])
+        assert all(r["hf_same_tokens"] for r in result["rows"] if r["k"] != "auto")

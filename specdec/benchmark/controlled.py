@@ -26,7 +26,18 @@ from ..generator import SpeculativeGenerator
 from .harness import device_sync, interleave, median, time_forward
 from .oracle_assistant import configure_assistant, configure_oracle
 
-__all__ = ["run_controlled"]
+__all__ = ["run_controlled", "conditional_acceptance"]
+
+
+def conditional_acceptance(stats) -> float:
+    """alpha as the formula means it: accepted / tested draft positions.
+
+    A position is tested only when every draft before it was accepted, so the
+    plain ``stats.acceptance_rate`` (accepted / proposed) underestimates alpha.
+    """
+    accepted, drafted = stats.accepted_per_position, stats.drafted_per_position
+    tested = sum(min(accepted[i - 1], drafted[i]) if i else drafted[0] for i in range(len(drafted)))
+    return sum(accepted) / tested if tested else 0.0
 
 
 def _target_alone(target, prompt: torch.Tensor, max_new_tokens: int) -> Callable[[], torch.Tensor]:
@@ -110,7 +121,7 @@ def run_controlled(
                         hook.remove()
                         configure_oracle(draft, None)
                     outputs[hf_name] = seq
-                    hf_verifies[hf_name] = counter[0] - 1  # minus the prefill
+                    hf_verifies[hf_name] = counter[0]  # HF has no separate prefill: one target forward per round
                     return seq
 
                 systems[hf_name] = run_hf
@@ -146,7 +157,7 @@ def run_controlled(
                 "ours_same_tokens": bool(torch.equal(outputs[name].cpu(), reference.cpu())) if name in outputs else None,
             }
             if stats is not None:
-                measured_alpha = stats.acceptance_rate
+                measured_alpha = conditional_acceptance(stats)
                 row["measured_alpha"] = measured_alpha
                 row["tokens_per_verify"] = stats.mean_accepted_per_step
             if k != "auto":

@@ -34,7 +34,12 @@ def oracle_model_class(base: type) -> type:
         oracle = getattr(self, "_oracle", None)
         if oracle is not None and input_ids is not None:
             reference, alpha, rng = oracle
-            position = past + int(input_ids.shape[1])  # index of the token this forward predicts
+            # Index of the token this forward predicts. Inside ``generate`` count from the length of the
+            # sequence it was given: HF assisted generation may re-feed a prefix whose cache it cropped,
+            # so the cache length alone is not the position.
+            position = self._oracle_next if self._oracle_next is not None else past + int(input_ids.shape[1])
+            if self._oracle_next is not None:
+                self._oracle_next += 1
             vocab = outputs.logits.shape[-1]
             right = reference[position] if position < len(reference) else 0
             if rng.random() < alpha:
@@ -47,10 +52,18 @@ def oracle_model_class(base: type) -> type:
             last[:, token] = 1e4
         return outputs
 
+    def generate(self, *args: Any, **kwargs: Any):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        self._oracle_next = int(ids.shape[-1]) if isinstance(ids, torch.Tensor) else None
+        try:
+            return base.generate(self, *args, **kwargs)
+        finally:
+            self._oracle_next = None
+
     # Same signature as the base forward: callers inspect it (cache and logits_to_keep arguments).
     forward.__signature__ = inspect.signature(base.forward)  # type: ignore[attr-defined]
     forward.__doc__ = base.forward.__doc__
-    cls = type(f"Oracle{base.__name__}", (base,), {"forward": forward})
+    cls = type(f"Oracle{base.__name__}", (base,), {"forward": forward, "generate": generate, "_oracle_next": None})
     _CLASSES[base] = cls
     return cls
 
