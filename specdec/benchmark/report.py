@@ -143,7 +143,7 @@ def plot_controlled(result: dict, path: str | Path, title: str | None = None) ->
     ax.axhline(1.0, color="gray", lw=0.8)
     ax.set_xlabel("draft tokens per step (k)")
     ax.set_ylabel("speedup over the target alone")
-    ax.set_title(title or "controlled workload: solid = ours (measured), dashed = ideal, dotted = HF assisted", fontsize=9)
+    ax.set_title(title or "controlled workload: solid = ours (measured), dashed = ideal, dotted = HF assisted, thin = ours auto", fontsize=9)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
