@@ -40,19 +40,24 @@ TABLE = [
     (dict(max_ngram=2), [1, 2, 3, 4, 1, 2], 2, [3, 4]),
     (dict(max_ngram=2), [1, 2, 3, 4, 1, 2], 1, [3]),
     # the longest suffix wins over a more recent shorter one: [1, 2] at 0 beats [2] at 4
-    (dict(max_ngram=3), [1, 2, 9, 5, 2, 7, 1, 2], 3, [9, 5, 2]),
-    # among equal lengths, the most recent occurrence wins
-    (dict(max_ngram=2), [1, 2, 3, 1, 2, 4, 1, 2], 8, [4, 1, 2]),
+    (dict(max_ngram=3, min_ngram=1), [1, 2, 9, 5, 2, 7, 1, 2], 3, [9, 5, 2]),
+    # among equal lengths, the first occurrence wins by default, the latest with occurrence="recent"
+    (dict(max_ngram=2), [1, 2, 3, 1, 2, 4, 1, 2], 8, [3, 1, 2, 4, 1, 2]),
+    (dict(max_ngram=2, occurrence="recent"), [1, 2, 3, 1, 2, 4, 1, 2], 8, [4, 1, 2]),
+    (dict(max_ngram=2, occurrence="first"), [1, 2, 3, 1, 2, 4, 1, 2], 2, [3, 1]),
     # max_ngram limits how long a suffix is tried
-    (dict(max_ngram=3), [1, 2, 3, 9, 2, 3, 5, 1, 2, 3], 8, [9, 2, 3, 5, 1, 2, 3]),
-    (dict(max_ngram=2), [1, 2, 3, 9, 2, 3, 5, 1, 2, 3], 8, [5, 1, 2, 3]),
-    # min_ngram: a one-token match is not enough at min_ngram=2
+    (dict(max_ngram=3, occurrence="recent"), [1, 2, 3, 9, 2, 3, 5, 1, 2, 3], 8, [9, 2, 3, 5, 1, 2, 3]),
+    (dict(max_ngram=2, occurrence="recent"), [1, 2, 3, 9, 2, 3, 5, 1, 2, 3], 8, [5, 1, 2, 3]),
+    (dict(max_ngram=2), [1, 2, 3, 9, 2, 3, 5, 1, 2, 3], 8, [9, 2, 3, 5, 1, 2, 3]),
+    # min_ngram: a one-token match is not enough at min_ngram=2 (the default)
     (dict(min_ngram=1), [7, 5, 3, 5], 8, [3, 5]),
     (dict(min_ngram=2), [7, 5, 3, 5], 8, []),
+    (dict(), [7, 5, 3, 5], 8, []),
     # no earlier occurrence: an empty block
     (dict(), [1, 2, 3, 4], 8, []),
     (dict(), [4], 8, []),
     # a match running into the end of the context proposes what is there
+    (dict(max_ngram=2, min_ngram=1), [1, 1, 1], 8, [1]),
     (dict(max_ngram=2), [1, 1, 1], 8, [1]),
     (dict(max_ngram=3), [5, 6, 5, 6, 5], 8, [6, 5]),
 ]
@@ -63,27 +68,30 @@ def test_draft_table(config, context, k, expected):
     assert propose(context, k, **config) == expected
 
 
-def brute_force(tokens: list[int], k: int, min_ngram: int, max_ngram: int) -> list[int]:
-    """Rescan the whole context: the longest suffix with an earlier occurrence, latest occurrence first."""
+def brute_force(tokens: list[int], k: int, min_ngram: int, max_ngram: int, occurrence: str) -> list[int]:
+    """Rescan the whole context: the longest suffix with an earlier occurrence, first or latest one."""
     for n in range(min(max_ngram, len(tokens) - 1), min_ngram - 1, -1):
         suffix = tokens[len(tokens) - n :]
-        for start in range(len(tokens) - n - 1, -1, -1):
+        starts = range(len(tokens) - n - 1, -1, -1) if occurrence == "recent" else range(len(tokens) - n)
+        for start in starts:
             if tokens[start : start + n] == suffix:
                 return tokens[start + n : start + n + k]
     return []
 
 
+@pytest.mark.parametrize("occurrence", ["first", "recent"])
 @pytest.mark.parametrize("min_ngram,max_ngram", [(1, 1), (1, 3), (2, 4), (3, 3)])
-def test_matches_brute_force_as_the_context_grows(min_ngram, max_ngram):
+def test_matches_brute_force_as_the_context_grows(min_ngram, max_ngram, occurrence):
     rng = random.Random(min_ngram * 10 + max_ngram)
     for _ in range(40):
         vocab = rng.randint(2, 6)
         prompt = [rng.randrange(vocab) for _ in range(rng.randint(1, 12))]
-        drafter = begin(NGramDrafter(min_ngram=min_ngram, max_ngram=max_ngram), prompt)
+        config = dict(min_ngram=min_ngram, max_ngram=max_ngram, occurrence=occurrence)
+        drafter = begin(NGramDrafter(**config), prompt)
         tokens = list(prompt)
         for _ in range(10):
             k = rng.randint(1, 6)
-            assert drafter.propose(k).token_ids.tolist() == brute_force(tokens, k, min_ngram, max_ngram)
+            assert drafter.propose(k).token_ids.tolist() == brute_force(tokens, k, min_ngram, max_ngram, occurrence)
             block = [rng.randrange(vocab) for _ in range(rng.randint(1, 4))]
             drafter.update(block, num_accepted=rng.randint(0, len(block) - 1))
             tokens += block
@@ -97,7 +105,7 @@ def test_update_extends_the_context():
 
 
 def test_begin_forgets_the_previous_sequence():
-    drafter = begin(NGramDrafter(), [1, 2, 3, 1])
+    drafter = begin(NGramDrafter(min_ngram=1), [1, 2, 3, 1])
     assert drafter.propose(2).token_ids.tolist() == [2, 3]
     drafter.end()
     begin(drafter, [4, 5, 1])
@@ -120,6 +128,7 @@ def test_is_a_drafter_without_a_vocabulary():
         dict(min_ngram=3, max_ngram=2),
         dict(max_ngram=2.5),
         dict(num_draft_tokens=True),
+        dict(occurrence="latest"),
     ],
 )
 def test_bad_config(config):
