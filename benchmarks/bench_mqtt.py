@@ -1,19 +1,34 @@
-"""Benchmark: token streams through a local mosquitto vs in-process (not a test; prints a table).
+"""Benchmark: token streams through a local mosquitto vs in-process (not a test).
 
-    .venv/bin/python benchmarks/bench_mqtt.py [--tokens 256] [--reps 3]
+    flock /tmp/specdec-bench.lock .venv/bin/python benchmarks/bench_mqtt.py \\
+        [--models tiny,small,smollm2] [--subscribers 1,10,100] [--tokens 128] [--rounds 3] \\
+        [--json docs/bench_mqtt.json]
 
-For each model size it interleaves, ``--reps`` times:
-- ``in-process``: ``StreamHub.start`` + one in-process subscriber;
-- ``mqtt-N`` (N = 1, 10, 100): a :class:`Worker` in this process publishes the
-  stream to a private mosquitto on 127.0.0.1; N subscribers, each with its own
-  MQTT connection, run in a separate process (one event loop) and record when
-  each commit arrives.
+Systems, run on the same generator object, interleaved in rounds (the order
+rotates every round), medians reported:
 
-Reported: tokens/s (completion tokens over the time from request to the last
-subscriber's ``end``) and its ratio to in-process, and the latency from a
-commit's creation (the event's ``ts``, stamped in the generation thread right
-after the verified block lands) to its receipt by a remote subscriber, p50/p99
-over every commit and subscriber. One machine, one clock.
+- ``in-process``: ``StreamHub.start`` and one asyncio subscriber in this
+  process: the baseline.
+- ``mqtt-N`` (N = 1, 10, 100): a :class:`streaming.mqtt.Worker` in this
+  process, in its default configuration (per-stream guard connection, QoS 1,
+  message expiry), serving a private mosquitto on 127.0.0.1. The request is
+  published over MQTT by this process; N stock ``mosquitto_sub`` processes
+  (one MQTT connection each, QoS 1) receive the events and stamp each message
+  with their own receipt time (``-F '%U %p'``).
+
+Definitions:
+
+- **throughput** = completion tokens / (time from just before the request is
+  published — ``hub.start`` for in-process — until the *last* subscriber has
+  the ``end`` event). ``vs in-proc`` divides the median of an MQTT system by the
+  median of in-process on the same model.
+- **latency** = receipt time at the subscriber − the commit event's ``ts``
+  (stamped in the generation thread when the verified block becomes an event).
+  Every commit at every subscriber in every round is one sample; p50 / p99 of
+  the pooled samples. Same machine, same clock.
+
+Every MQTT run is checked: each subscriber must see the gap-free sequence of
+events whose commits join to the in-process completion.
 """
 
 from __future__ import annotations
@@ -21,56 +36,103 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import platform
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
 
 
-# ----------------------------------------------------------------------------- subscriber process
+# ----------------------------------------------------------------------------- subscribers
 
 
-async def _subscribers(url: str, stream_id: str, n: int) -> None:
-    from streaming.mqtt.protocol import events_topic
-    from streaming.mqtt.transport import BrokerConfig, connect
+class MosquittoSubGroup:
+    """``n`` ``mosquitto_sub`` processes on one topic, each writing ``<receipt unix time> <payload>`` lines."""
 
-    config = BrokerConfig.from_url(url)
-    latencies: list[float] = []
-    ends: list[float] = []
-    tokens: list[int] = []
+    def __init__(self, host: str, port: int, topic: str, n: int, folder: Path) -> None:
+        self.topic = topic
+        self.paths = [folder / f"sub{i}.txt" for i in range(n)]
+        binary = shutil.which("mosquitto_sub")
+        if binary is None:
+            raise SystemExit("mosquitto_sub is not installed (Debian/Ubuntu: apt-get install mosquitto-clients)")
+        command = [binary, "-h", host, "-p", str(port), "-V", "mqttv5", "-q", "1", "-t", topic, "-F", "%U %p"]
+        self.procs = []
+        for path in self.paths:
+            with open(path, "wb") as out:
+                self.procs.append(subprocess.Popen(command, stdout=out, stderr=subprocess.DEVNULL))
 
-    async def one(transport) -> None:
-        count = 0
-        async for message in transport.messages():
-            now = time.time()
-            event = json.loads(message.payload)
-            if event["type"] == "commit":
-                latencies.append(now - event["ts"])
-                count += len(event["token_ids"])
-            elif event["type"] == "end":
-                ends.append(now)
-                tokens.append(count)
+    def _all_contain(self, needle: bytes) -> bool:
+        for path in self.paths:
+            with open(path, "rb") as f:
+                if needle not in f.read():
+                    return False
+        return True
+
+    async def wait_subscribed(self, raw: Any) -> None:
+        """Publish a probe until every subscriber printed it (so all are subscribed before the request)."""
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            await raw.publish(self.topic, b'"probe"')
+            await asyncio.sleep(0.05)
+            if self._all_contain(b'"probe"'):
                 return
+        raise RuntimeError(f"mosquitto_sub processes did not subscribe to {self.topic} in 30 s")
 
-    transports = [connect(config) for _ in range(n)]
-    for t in transports:
-        await t.__aenter__()
-        await t.subscribe(events_topic(stream_id))
-    print("ready", flush=True)
-    await asyncio.wait_for(asyncio.gather(*(one(t) for t in transports)), 120)
-    for t in transports:
-        await t.__aexit__(None, None, None)
-    print(json.dumps({"latencies": latencies, "last_end": max(ends), "tokens": tokens}), flush=True)
+    async def wait_end(self, timeout_s: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not self._all_contain(b'"type":"end"'):
+            if time.monotonic() > deadline:
+                raise RuntimeError("a subscriber never received the end event")
+            await asyncio.sleep(0.02)
+
+    def received(self) -> list[list[tuple[float, dict]]]:
+        """Per subscriber: (receipt time, event) for every event message, probes skipped."""
+        out = []
+        for path in self.paths:
+            rows = []
+            for line in path.read_bytes().splitlines():
+                stamp, _, payload = line.partition(b" ")
+                data = json.loads(payload)
+                if isinstance(data, dict):
+                    rows.append((float(stamp), data))
+            out.append(rows)
+        return out
+
+    def close(self) -> None:
+        for proc in self.procs:
+            proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
-# ----------------------------------------------------------------------------- driver
+# ----------------------------------------------------------------------------- workloads
 
 
-def _model(hidden: int, layers: int, vocab: int):
+@dataclass
+class Workload:
+    label: str
+    generator: Any
+    tokenizer: Any
+    input_ids: list[int]
+    model_name: str
+    notes: str = ""
+
+
+def _tiny_llama(hidden: int, layers: int, vocab: int) -> Any:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -85,100 +147,262 @@ def _model(hidden: int, layers: int, vocab: int):
     return model
 
 
-def _pct(values: list[float], q: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
+def make_workload(name: str) -> Workload:
+    from drafts import NGramDrafter
+    from specdec import SpeculativeGenerator
+
+    if name in ("tiny", "small"):
+        from mqtt_fixtures import tiny_tokenizer  # the offline byte-level BPE of the tests
+
+        tok = tiny_tokenizer()
+        hidden, layers = (32, 2) if name == "tiny" else (256, 6)
+        model = _tiny_llama(hidden, layers, len(tok))
+        ids = tok("the quick brown fox jumps over the lazy dog")["input_ids"]
+        label = f"{name} llama (hidden {hidden}, {layers} layers, fp32, random weights)"
+        gen = SpeculativeGenerator(model, NGramDrafter(num_draft_tokens=4))
+        return Workload(label, gen, tok, ids, f"tiny-llama-h{hidden}", "n-gram drafter, k=4; no EOS")
+    if name == "smollm2":
+        import torch
+
+        from specdec.benchmark import PROMPTS
+        from specdec.models import load_model
+
+        model, tok = load_model(None, dtype=torch.bfloat16)
+        prompt = PROMPTS[0]  # edit-email: grounded, so the n-gram drafter has something to find
+        ids = tok.apply_chat_template(
+            [{"role": "user", "content": prompt.text}], add_generation_prompt=True, tokenize=True
+        )
+        if hasattr(ids, "keys"):
+            ids = ids["input_ids"]
+        gen = SpeculativeGenerator(model, NGramDrafter())  # what `specdec serve` builds with no --target/--draft
+        return Workload(
+            "SmolLM2-135M-Instruct (bf16, n-gram drafter defaults)", gen, tok, list(ids), "SmolLM2-135M-Instruct",
+            f"chat prompt {prompt.name!r}; stops at EOS",
+        )
+    raise SystemExit(f"unknown model {name!r}; pick from tiny, small, smollm2")
 
 
-async def _in_process(hub, gen, tok, ids, tokens: int) -> tuple[float, list[float]]:
+# ----------------------------------------------------------------------------- one run
+
+
+@dataclass
+class Run:
+    tokens: int
+    seconds: float
+    latencies: list[float] = field(default_factory=list)
+    token_ids: list[int] = field(default_factory=list)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds
+
+
+async def run_in_process(hub: Any, w: Workload, max_new_tokens: int) -> Run:
     t0 = time.time()
-    stream = hub.start(gen, ids, tokenizer=tok, max_new_tokens=tokens)
-    lat: list[float] = []
-    n = 0
+    stream = hub.start(w.generator, w.input_ids, tokenizer=w.tokenizer, max_new_tokens=max_new_tokens)
+    run = Run(0, 0.0)
     async for event in stream.subscribe():
+        now = time.time()
         if event.type == "commit":
-            lat.append(time.time() - event.ts)
-            n += len(event.token_ids)
-    return n / (time.time() - t0), lat
+            run.latencies.append(now - event.ts)
+            run.token_ids.extend(event.token_ids)
+        elif event.type == "end":
+            run.seconds = now - t0
+    run.tokens = len(run.token_ids)
+    return run
 
 
-async def _through_broker(url: str, raw, ids, tokens: int, n_subs: int) -> tuple[float, list[float]]:
-    from streaming.mqtt import REQUEST_TOPIC, new_stream_id
+async def run_mqtt(broker: Any, raw: Any, worker: Any, w: Workload, max_new_tokens: int, n_subs: int) -> Run:
+    from streaming.mqtt import REQUEST_TOPIC, events_topic, new_stream_id
     from streaming.mqtt.protocol import encode_json
 
     stream_id = new_stream_id()
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, __file__, "--subscriber", url, stream_id, str(n_subs), stdout=asyncio.subprocess.PIPE,
-        limit=1 << 26,
-    )
-    assert (await proc.stdout.readline()).strip() == b"ready"
-    t0 = time.time()
-    await raw.publish(REQUEST_TOPIC, encode_json({"stream_id": stream_id, "input_ids": ids, "max_new_tokens": tokens}))
-    result = json.loads(await proc.stdout.readline())
-    await proc.wait()
-    assert all(t == tokens for t in result["tokens"]), result["tokens"]
-    return tokens / (result["last_end"] - t0), result["latencies"]
+    folder = Path(tempfile.mkdtemp(prefix="specdec-bench-subs-"))
+    group = MosquittoSubGroup(broker.host, broker.port, events_topic(stream_id), n_subs, folder)
+    try:
+        await group.wait_subscribed(raw)
+        await asyncio.sleep(0.2)  # let the probes drain and the machine settle
+        served = worker.counters["served"]
+        request = {"stream_id": stream_id, "input_ids": w.input_ids, "max_new_tokens": max_new_tokens}
+        t0 = time.time()
+        await raw.publish(REQUEST_TOPIC, encode_json(request))
+        while worker.counters["served"] == served:  # the worker published the end; nothing polls files meanwhile
+            await asyncio.sleep(0.01)
+        await group.wait_end()
+    finally:
+        group.close()
+    received = group.received()
+    shutil.rmtree(folder, ignore_errors=True)
+    run = Run(0, 0.0)
+    last_end = 0.0
+    reference: list[int] | None = None
+    for rows in received:
+        seen: dict[int, tuple[float, dict]] = {}
+        for stamp, event in rows:
+            seen.setdefault(event["seq"], (stamp, event))  # QoS 1 may redeliver: first receipt counts
+        seqs = sorted(s for s in seen if s >= 0)
+        assert seqs == list(range(len(seqs))), f"gap in the events a subscriber received: {seqs}"
+        ids = [t for s in seqs if seen[s][1]["type"] == "commit" for t in seen[s][1]["token_ids"]]
+        reference = ids if reference is None else reference
+        assert ids == reference, "two subscribers saw different commits"
+        for s in seqs:
+            stamp, event = seen[s]
+            if event["type"] == "commit":
+                run.latencies.append(stamp - event["ts"])
+            elif event["type"] == "end":
+                last_end = max(last_end, stamp)
+    run.token_ids = reference or []
+    run.tokens = len(run.token_ids)
+    run.seconds = last_end - t0
+    return run
 
 
-async def _bench(args) -> None:
-    sys.path.insert(0, str(ROOT / "tests"))
-    from mqtt_fixtures import tiny_tokenizer  # the offline byte-level BPE of the tests
+# ----------------------------------------------------------------------------- driver
 
-    from drafts import NGramDrafter
-    from specdec import SpeculativeGenerator
+
+def _pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    if not values:
+        return float("nan")
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def _machine() -> dict[str, Any]:
+    import aiomqtt  # noqa: F401
+    import torch
+    import transformers
+    from importlib.metadata import version
+
+    cpu = "unknown"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    from streaming.mqtt.broker import find_mosquitto
+
+    mosquitto = subprocess.run([find_mosquitto() or "mosquitto", "-h"], capture_output=True, text=True)
+    first = (mosquitto.stdout or mosquitto.stderr).splitlines()[0] if (mosquitto.stdout or mosquitto.stderr) else "?"
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "aiomqtt": version("aiomqtt"),
+        "paho-mqtt": version("paho-mqtt"),
+        "mosquitto": first.strip(),
+        "load_avg_at_start": os.getloadavg(),
+    }
+
+
+async def bench_model(name: str, args: argparse.Namespace, broker: Any) -> list[dict[str, Any]]:
     from streaming.hub import StreamHub
     from streaming.mqtt import BrokerConfig, Worker, WorkerSettings, connect
-    from streaming.mqtt.broker import LocalMosquitto
     from streaming.mqtt.protocol import RequestLimits
 
+    w = make_workload(name)
+    systems = ["in-process"] + [f"mqtt-{n}" for n in args.subscribers]
+    hub = StreamHub(retention_s=0)
+    settings = WorkerSettings(
+        model_name=w.model_name, draft_name="ngram", limits=RequestLimits(max_new_tokens_cap=max(args.tokens, 1024))
+    )
+    runs: dict[str, list[Run]] = {s: [] for s in systems}
+    async with Worker(broker.url, w.generator, w.tokenizer, settings=settings) as worker, connect(
+        BrokerConfig.from_url(broker.url)
+    ) as raw:
+        await run_in_process(hub, w, 16)  # warm up both paths
+        await run_mqtt(broker, raw, worker, w, 16, 1)
+        for r in range(args.rounds):
+            order = systems[r % len(systems):] + systems[: r % len(systems)]
+            for system in order:
+                if system == "in-process":
+                    run = await run_in_process(hub, w, args.tokens)
+                else:
+                    run = await run_mqtt(broker, raw, worker, w, args.tokens, int(system.split("-")[1]))
+                runs[system].append(run)
+                print(
+                    f"  [{name}] round {r + 1} {system:10} {run.tokens} tokens {run.tokens_per_s:8.1f} tok/s "
+                    f"p99 {_pct(run.latencies, 0.99) * 1e3:7.2f} ms",
+                    file=sys.stderr, flush=True,
+                )
+    reference = runs["in-process"][0].token_ids
+    for system in systems:
+        for run in runs[system]:
+            assert run.token_ids == reference, f"{system} produced other tokens than in-process"
+    base = statistics.median(r.tokens_per_s for r in runs["in-process"])
+    rows = []
+    for system in systems:
+        tps = [r.tokens_per_s for r in runs[system]]
+        lat = [x for r in runs[system] for x in r.latencies]
+        rows.append(
+            {
+                "model": name,
+                "label": w.label,
+                "notes": w.notes,
+                "system": system,
+                "subscribers": 1 if system == "in-process" else int(system.split("-")[1]),
+                "completion_tokens": runs[system][0].tokens,
+                "tokens_per_s_median": statistics.median(tps),
+                "tokens_per_s_rounds": tps,
+                "vs_in_process": statistics.median(tps) / base,
+                "latency_ms_p50": _pct(lat, 0.5) * 1e3,
+                "latency_ms_p99": _pct(lat, 0.99) * 1e3,
+                "latency_ms_max": max(lat) * 1e3,
+                "latency_samples": len(lat),
+                "p99_ms_per_round": [_pct(r.latencies, 0.99) * 1e3 for r in runs[system]],
+            }
+        )
+    return rows
+
+
+def print_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    print(f"\nmax_new_tokens {args.tokens}, median of {args.rounds} interleaved rounds; latency = commit ts -> receipt")
+    print(f"{'model':8} {'system':10} {'tokens':>6} {'tok/s':>8} {'vs in-proc':>10} {'p50 ms':>7} {'p99 ms':>7}")
+    for row in rows:
+        print(
+            f"{row['model']:8} {row['system']:10} {row['completion_tokens']:6d} {row['tokens_per_s_median']:8.1f} "
+            f"{row['vs_in_process']:10.2f} {row['latency_ms_p50']:7.2f} {row['latency_ms_p99']:7.2f}"
+        )
+
+
+async def main_async(args: argparse.Namespace) -> None:
     import torch
 
-    torch.set_num_threads(args.threads)  # leave cores to the broker and the subscriber process
-    tok = tiny_tokenizer()
-    ids = tok("the quick brown fox jumps over the lazy dog")["input_ids"]
-    sizes = {"tiny (hidden 32, 2 layers)": (32, 2), "small (hidden 256, 6 layers)": (256, 6)}
-    systems = ["in-process", "mqtt-1", "mqtt-10", "mqtt-100"]
-    rows = []
-    with LocalMosquitto() as broker:
-        for label, (hidden, layers) in sizes.items():
-            gen = SpeculativeGenerator(_model(hidden, layers, len(tok)), NGramDrafter(num_draft_tokens=4))
-            hub = StreamHub(retention_s=0)
-            settings = WorkerSettings(limits=RequestLimits(max_new_tokens_cap=args.tokens))
-            results: dict[str, tuple[list[float], list[float]]] = {s: ([], []) for s in systems}
-            async with Worker(broker.url, gen, tok, settings=settings) as _w, connect(
-                BrokerConfig.from_url(broker.url)
-            ) as raw:
-                await _in_process(hub, gen, tok, ids, 32)  # warm up
-                await _through_broker(broker.url, raw, ids, 32, 1)
-                for _ in range(args.reps):
-                    for system in systems:
-                        if system == "in-process":
-                            tps, lat = await _in_process(hub, gen, tok, ids, args.tokens)
-                        else:
-                            tps, lat = await _through_broker(broker.url, raw, ids, args.tokens, int(system.split("-")[1]))
-                        results[system][0].append(tps)
-                        print(f"  {label} {system}: {tps:.0f} tokens/s", file=sys.stderr, flush=True)
-                        results[system][1].extend(lat)
-            base = statistics.median(results["in-process"][0])
-            for system in systems:
-                tps = statistics.median(results[system][0])
-                lat = results[system][1]
-                rows.append((label, system, tps, tps / base, _pct(lat, 0.5) * 1e3, _pct(lat, 0.99) * 1e3))
-    print(f"\n{args.tokens} tokens per stream, median of {args.reps} interleaved reps; latency = commit ts -> receipt")
-    print(f"{'model':30} {'system':11} {'tokens/s':>9} {'vs in-proc':>10} {'p50 ms':>7} {'p99 ms':>7}")
-    for label, system, tps, ratio, p50, p99 in rows:
-        print(f"{label:30} {system:11} {tps:9.0f} {ratio:10.2f} {p50:7.2f} {p99:7.2f}")
+    from streaming.mqtt.broker import LocalMosquitto
+
+    torch.set_num_threads(args.threads)
+    machine = _machine()
+    rows: list[dict[str, Any]] = []
+    started = time.time()
+    with LocalMosquitto() as broker:  # loopback only, its own config file
+        for name in args.models:
+            rows.extend(await bench_model(name, args, broker))
+    print_table(rows, args)
+    if args.json:
+        payload = {
+            "benchmark": "bench_mqtt",
+            "command": " ".join(sys.argv),
+            "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+            "wall_s": time.time() - started,
+            "machine": machine,
+            "settings": {"max_new_tokens": args.tokens, "rounds": args.rounds, "torch_threads": args.threads},
+            "rows": rows,
+        }
+        Path(args.json).write_text(json.dumps(payload, indent=1) + "\n")
+        print(f"wrote {args.json}", file=sys.stderr)
 
 
 def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] == "--subscriber":
-        asyncio.run(_subscribers(sys.argv[2], sys.argv[3], int(sys.argv[4])))
-        return
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--tokens", type=int, default=128)
-    parser.add_argument("--reps", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads for generation")
-    asyncio.run(_bench(parser.parse_args()))
+    parser.add_argument("--models", type=lambda s: s.split(","), default=["tiny", "small", "smollm2"])
+    parser.add_argument("--subscribers", type=lambda s: [int(x) for x in s.split(",")], default=[1, 10, 100])
+    parser.add_argument("--tokens", type=int, default=128, help="max_new_tokens per stream")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads for generation (leave a core)")
+    parser.add_argument("--json", default=None, help="also write the results here")
+    asyncio.run(main_async(parser.parse_args()))
 
 
 if __name__ == "__main__":

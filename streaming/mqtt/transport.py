@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import random
+import socket
 import uuid
 from dataclasses import dataclass
 from types import TracebackType
@@ -164,6 +165,7 @@ class AiomqttTransport:
         self._aiomqtt = aiomqtt
         self._Properties = Properties
         self._PacketTypes = PacketTypes
+        self._publish_props: dict[int, Properties] = {}  # PUBLISH properties by message expiry
         self.config = config
         self.client_id = client_id or f"specdec-{uuid.uuid4().hex[:12]}"
         aio_will = None
@@ -192,6 +194,9 @@ class AiomqttTransport:
             properties=connect_props,
             tls_params=tls_params,
             max_inflight_messages=1000,
+            # Many small messages: without TCP_NODELAY, Nagle holds each publish back until the
+            # previous one is acknowledged by TCP (up to a 40 ms delayed ACK on Linux).
+            socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),),
             logger=_AIOMQTT_LOG,
         )
 
@@ -215,10 +220,11 @@ class AiomqttTransport:
     async def publish(
         self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False, expiry_s: int | None = None
     ) -> None:
-        props = None
-        if expiry_s:
-            props = self._Properties(self._PacketTypes.PUBLISH)
+        props = self._publish_props.get(expiry_s) if expiry_s else None
+        if expiry_s and props is None:
+            props = self._Properties(self._PacketTypes.PUBLISH)  # read-only once made: shared by every publish
             props.MessageExpiryInterval = int(expiry_s)
+            self._publish_props[expiry_s] = props
         try:
             await self._client.publish(topic, payload, qos=qos, retain=retain, properties=props)
         except self._aiomqtt.MqttError as exc:

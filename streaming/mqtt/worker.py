@@ -35,6 +35,7 @@ import contextlib
 import logging
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,8 +61,9 @@ __all__ = ["WorkerSettings", "Worker", "serve"]
 
 log = logging.getLogger(__name__)
 
-_PUBLISH_BATCH = 256
-_COLLECT_QUEUE = 1 << 30  # events handed to the transport before waiting for their acknowledgements
+_PUBLISH_BATCH = 256  # events per resume batch
+_PUBLISH_WINDOW = 1000  # unacknowledged event publishes per stream (the transport's in-flight window)
+_COLLECT_QUEUE = 1 << 30  # the worker's hub subscription: never full, so the hub never merges or drops
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -493,6 +495,7 @@ class Worker:
                 return len(payloads)
 
     async def _publish_log(self, ws: _WorkerStream) -> None:
+        """Publish the stream's log as it grows, until it is finished and every entry acknowledged."""
         topic = events_topic(ws.stream_id)
         while True:
             if ws.published >= len(ws.entries):
@@ -501,8 +504,58 @@ class Worker:
                 ws.changed.clear()
                 await ws.changed.wait()
                 continue
-            batch = [p for _, p in ws.entries[ws.published : ws.published + _PUBLISH_BATCH]]
-            ws.published += await self._publish_batch(topic, batch)
+            await self._connected.wait()
+            transport = self._transport
+            if transport is None:
+                await asyncio.sleep(0.05)
+                continue
+            if not await self._pipeline(ws, topic, transport):
+                await asyncio.sleep(0.05)  # the connection is going down; wait for the next one
+
+    async def _pipeline(self, ws: _WorkerStream, topic: str, transport: Transport) -> bool:
+        """Publish each entry the moment it is appended, keeping up to ``_PUBLISH_WINDOW`` unacknowledged.
+
+        ``ws.published`` advances over the acknowledged prefix. Returns True once
+        the stream is finished and all of it acknowledged, False when a publish
+        failed (the caller retries from ``ws.published`` on the next connection;
+        entries after it may reach subscribers twice, which QoS 1 allows).
+        A new entry is handed to the transport without waiting for earlier
+        acknowledgements, so an event's latency is one broker hop, not the
+        round trip of the batch before it.
+        """
+        inflight: deque[asyncio.Future[None]] = deque()
+        issued = ws.published
+
+        def wake(_: object) -> None:
+            ws.changed.set()
+
+        try:
+            while True:
+                while issued < len(ws.entries) and len(inflight) < _PUBLISH_WINDOW:
+                    future = asyncio.ensure_future(
+                        transport.publish(topic, ws.entries[issued][1], qos=1, expiry_s=self.settings.event_expiry_s)
+                    )
+                    future.add_done_callback(wake)
+                    inflight.append(future)
+                    issued += 1
+                while inflight and inflight[0].done():
+                    exc = inflight.popleft().exception()
+                    if exc is not None:
+                        if not isinstance(exc, TransportError):
+                            raise exc
+                        return False
+                    ws.published += 1
+                if ws.finished and ws.published >= len(ws.entries):
+                    return True
+                if issued < len(ws.entries) and len(inflight) < _PUBLISH_WINDOW:
+                    continue
+                ws.changed.clear()  # no await since the checks above: no wake-up can be lost
+                await ws.changed.wait()
+        finally:
+            for future in inflight:
+                future.cancel()
+            if inflight:
+                await asyncio.gather(*inflight, return_exceptions=True)
 
     def _request_replay(self, ws: _WorkerStream, after_seq: int) -> None:
         ws.replay_from = after_seq if ws.replay_from is None else min(ws.replay_from, after_seq)
