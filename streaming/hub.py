@@ -13,31 +13,45 @@ How it works. ``start`` publishes the ``start`` event (seq 0) and runs
 ``gen.generate(..., on_tokens=sink, cancel=event)`` in a worker thread named
 ``specdec-stream-<id>``. The sink, still on the worker thread, numbers each
 event, detokenizes it (:mod:`streaming.detok`) and appends it to an outbox;
-one ``loop.call_soon_threadsafe`` drains the outbox on the event loop (several
-events per wake-up when the loop is busy), appends non-provisional events to
-the stream's history and pushes each event into every live subscriber's
-bounded queue. The loop never blocks on generation and generation never waits
-for a subscriber.
+the first event of a batch schedules one ``loop.call_soon_threadsafe``, which
+moves everything in the outbox onto the stream's append-only event log on the
+event loop (several events per wake-up whenever the loop is busy), then wakes
+each subscriber that is waiting, once per batch. The loop never blocks on
+generation and generation never waits for a subscriber.
 
-Replay. A subscriber reads the stream's history (everything but provisionals)
-after ``after_seq`` straight from the shared list, then its own queue of live
-events; nothing is missed or duplicated because both are set up in one loop
-callback. The history is kept until the stream ends and ``retention_s`` after.
+Fan-out costs no per-subscriber work per event on the hub's side: a
+subscriber is a cursor into the shared log (plus its replay position), and it
+reads every event that is already there without suspending; it only suspends,
+on a future of its own, when it has caught up. So with N subscribers one batch
+of events costs N wake-ups, however many events the batch holds, and a
+subscriber that falls behind costs nothing until it reads again.
 
-Overflow policies (per subscriber queue of ``max_queue`` events):
+Replay. A subscriber first reads the stream's history (everything but
+provisionals) after ``after_seq``, then the log from the position the log had
+when it subscribed; nothing is missed or duplicated because both positions are
+taken in one loop callback. The history is kept until the stream ends and
+``retention_s`` after.
+
+Overflow policies. Each subscriber has a bound, ``max_queue``, on the live
+events waiting for it (those between its cursor and the end of the log, plus
+any the policy set aside). The bound is checked whenever the subscriber reads:
+if more than ``max_queue`` events wait, the policy rewrites that backlog. The
+backlog only grows between two reads, so this catches every overflow a check at
+each arrival would, without touching the subscribers that keep up; and the
+waiting events cost no memory beyond the log the stream keeps for replay anyway
+(plus at most ``max_queue`` rewritten events per subscriber).
 
 ``"merge"`` (default)
-    When the queue is full: first drop every queued provisional event (and the
-    incoming one if it is provisional; the next commit supersedes them anyway);
-    if still full, merge each run of consecutive queued commits into one
-    commit (token ids and texts concatenated, ``drafted``/``accepted`` summed,
-    ``seq``/``step``/``n_committed``/``ts`` of the newest), and an incoming
-    commit into a queued tail commit. No token or text is lost; the subscriber
-    sees a jump in ``seq`` where events were merged or dropped, while
-    ``n_committed`` stays continuous. If the queue is still full (only with a
-    very small ``max_queue``), the subscriber is closed as under ``"close"``.
+    Drop every waiting provisional event (the next commit supersedes it
+    anyway); if more than ``max_queue`` events still wait, merge each run of
+    consecutive commits into one commit (token ids and texts concatenated,
+    ``drafted``/``accepted`` summed, ``seq``/``step``/``n_committed``/``ts`` of
+    the newest). No token or text is lost; the subscriber sees a jump in
+    ``seq`` where events were merged or dropped, while ``n_committed`` stays
+    continuous. If that is still too many (only with a very small
+    ``max_queue``), the subscriber is closed as under ``"close"``.
 ``"close"``
-    When the queue is full, the subscriber's queue is discarded and it receives
+    The waiting events are discarded and the subscriber receives
     ``ErrorEvent(code="slow_consumer", retryable=True, seq=-1)`` and then stops.
 
 A ``slow_consumer`` error concerns one subscriber, not the stream: it has
@@ -135,27 +149,25 @@ class Subscription:
     before any), for resuming with ``subscribe(after_seq=sub.last_seq)``.
     Counters: ``dropped`` (provisionals dropped on overflow), ``merged``
     (commits folded into others on overflow).
+
+    A subscription owns no queue of its own: it is a cursor into the stream's
+    shared, append-only event log (see the module docstring), plus a short
+    deque of the events that the overflow policy rewrote.
     """
 
-    def __init__(
-        self,
-        stream: Stream,
-        history: list[Event],
-        start: int,
-        end: int,
-        maxsize: int,
-        overflow: OverflowPolicy,
-        live: bool,
-    ) -> None:
-        self._stream: Stream | None = stream
+    def __init__(self, stream: Stream, start: int, maxsize: int, overflow: OverflowPolicy) -> None:
+        self._stream = stream
         self._loop = stream._loop
-        self._history = history
+        self._history = stream._history  # replay: stored events [start, hist_end)
         self._pos = start
-        self._hist_end = end
-        self._queue: collections.deque[Event] = collections.deque()
+        self._hist_end = len(stream._history)
+        self._log = stream._log  # live: every event from the cursor on
+        self._cursor = len(stream._log)
+        self._set_aside: collections.deque[Event] = collections.deque()  # rewritten by the overflow policy
         self._maxsize = maxsize
         self._overflow = overflow
-        self._closed = not live  # no more events will be pushed
+        self._closed = False  # left, or closed as a slow consumer
+        self._plain = start >= self._hist_end  # the fast path: only the shared log left to read
         self._waiter: asyncio.Future[None] | None = None
         self.last_seq = -1
         self.dropped = 0
@@ -167,31 +179,72 @@ class Subscription:
         return self
 
     async def __anext__(self) -> Event:
-        if self._pos < self._hist_end:
-            event = self._history[self._pos]
-            self._pos += 1
-            self.last_seq = event.seq
-            return event
         while True:
-            if self._queue:
-                event = self._queue.popleft()
-                if event.seq >= 0:
-                    self.last_seq = event.seq
+            if self._plain:  # replay done, nothing set aside, not closed: read the shared log
+                log = self._log
+                cursor = self._cursor
+                waiting = len(log) - cursor
+                if waiting:
+                    if waiting <= self._maxsize:
+                        event = log[cursor]
+                        self._cursor = cursor + 1
+                        self.last_seq = event.seq
+                        return event
+                    self._apply_overflow_policy()
+                    continue
+                stream = self._stream
+                if stream._ended:  # the log is complete and read to its end
+                    self._closed, self._plain = True, False
+                    self._detach()
+                    raise StopAsyncIteration
+                # Wait for the next batch. Whoever wakes us appended at least one event or closed us.
+                waiter = asyncio.Future(loop=self._loop)
+                self._waiter = waiter
+                stream._waiters.append(waiter)
+                try:
+                    await waiter
+                finally:
+                    self._waiter = None
+                    if waiter.cancelled():  # the consumer was cancelled: do not leave its future behind
+                        try:
+                            stream._waiters.remove(waiter)
+                        except ValueError:
+                            pass
+            else:
+                event = self._next_special()
+                if event is not None:
+                    return event
+
+    def _next_special(self) -> Event | None:
+        """The next event from the replay or the set-aside events; ``None`` once back to reading the log."""
+        while True:
+            if self._pos < self._hist_end:
+                event = self._history[self._pos]
+                self._pos += 1
+                self.last_seq = event.seq
                 return event
             if self._closed:
+                if self._set_aside:
+                    event = self._set_aside.popleft()
+                    if event.seq >= 0:  # not our own slow_consumer notice
+                        self.last_seq = event.seq
+                    return event
                 self._detach()
                 raise StopAsyncIteration
-            waiter = self._loop.create_future()
-            self._waiter = waiter
-            try:
-                await waiter
-            finally:
-                self._waiter = None
+            if len(self._set_aside) + len(self._log) - self._cursor > self._maxsize:
+                self._apply_overflow_policy()
+                continue
+            if self._set_aside:
+                event = self._set_aside.popleft()
+                self.last_seq = event.seq
+                return event
+            self._plain = True
+            return None
 
     async def aclose(self) -> None:
         """Stop receiving events; the iterator ends. Safe to call more than once."""
-        self._closed = True
-        self._queue.clear()
+        self._closed, self._plain = True, False
+        self._set_aside.clear()
         self._pos = self._hist_end
         self._detach()
         self._wake()
@@ -204,80 +257,60 @@ class Subscription:
 
     @property
     def closed(self) -> bool:
-        """True once no more events will arrive (some may still be queued)."""
-        return self._closed
+        """True once no more events will arrive (some may still be waiting to be read)."""
+        return self._closed or self._stream._ended
 
     def qsize(self) -> int:
-        """Events waiting in this subscriber's live queue (replayed history not counted)."""
-        return len(self._queue)
+        """Live events waiting for this subscriber (replayed history not counted).
 
-    # -- producer side (event loop only) -------------------------------------------
+        Between reads this may exceed ``max_queue``: the overflow policy is
+        applied when the subscriber next reads, to everything waiting then.
+        """
+        if self._closed:
+            return len(self._set_aside)
+        return len(self._set_aside) + len(self._log) - self._cursor
+
+    # -- internals (event loop only) -------------------------------------------------
 
     def _detach(self) -> None:
-        stream, self._stream = self._stream, None
-        if stream is not None:
-            stream._subs.discard(self)
+        self._stream._subs.discard(self)
 
     def _wake(self) -> None:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    def _push(self, event: Event) -> None:
-        if self._closed:
-            return
-        if len(self._queue) >= self._maxsize and not self._make_room(event):
-            self._wake()
-            return
-        self._queue.append(event)
-        if isinstance(event, EndEvent):
-            self._closed = True
-            self._detach()
-        self._wake()
-
-    def _make_room(self, event: Event) -> bool:
-        """Apply the overflow policy; True if ``event`` should still be appended."""
-        queue = self._queue
+    def _apply_overflow_policy(self) -> None:
+        """More than ``max_queue`` live events wait: take them out of the log and apply the policy."""
+        backlog = list(self._set_aside)
+        backlog.extend(self._log[self._cursor :])
+        self._cursor = len(self._log)
+        self._set_aside.clear()
+        self._plain = False
+        waiting, newest_seq = len(backlog), backlog[-1].seq
         if self._overflow == "merge":
-            if any(isinstance(e, ProvisionalEvent) for e in queue):
-                kept = [e for e in queue if not isinstance(e, ProvisionalEvent)]
-                self.dropped += len(queue) - len(kept)
-                queue.clear()
-                queue.extend(kept)
-            if isinstance(event, ProvisionalEvent) and len(queue) >= self._maxsize:
-                self.dropped += 1
-                return False
-            if len(queue) >= self._maxsize:
+            kept = [e for e in backlog if not isinstance(e, ProvisionalEvent)]
+            self.dropped += len(backlog) - len(kept)
+            if len(kept) > self._maxsize:
                 merged: list[Event] = []
-                for e in queue:
+                for e in kept:
                     if isinstance(e, CommitEvent) and merged and isinstance(merged[-1], CommitEvent):
                         merged[-1] = _merge_commits(merged[-1], e)
                         self.merged += 1
                     else:
                         merged.append(e)
-                queue.clear()
-                queue.extend(merged)
-            if len(queue) < self._maxsize:
-                return True
-            if isinstance(event, CommitEvent) and isinstance(queue[-1], CommitEvent):
-                queue[-1] = _merge_commits(queue[-1], event)
-                self.merged += 1
-                return False
-        self._close_slow(event)
-        return False
-
-    def _close_slow(self, event: Event) -> None:
-        stream_id = event.stream_id
-        queue_size = len(self._queue)
-        self._queue.clear()
-        self._queue.append(
+                kept = merged
+            if len(kept) <= self._maxsize:
+                self._set_aside.extend(kept)
+                return
+        self._set_aside.append(
             ErrorEvent(
-                stream_id=stream_id,
+                stream_id=self._stream.stream_id,
                 seq=-1,
                 code="slow_consumer",
                 message=(
-                    f"subscriber fell behind ({queue_size} events queued, limit {self._maxsize}, "
-                    f"policy {self._overflow!r}) at seq {event.seq}; resume with subscribe(after_seq={self.last_seq})"
+                    f"subscriber fell behind ({waiting} events waiting, limit {self._maxsize}, "
+                    f"policy {self._overflow!r}) at seq {newest_seq}; resume with subscribe(after_seq={self.last_seq})"
                 ),
                 retryable=True,
             )
@@ -449,8 +482,10 @@ class Stream:
         self._generate_kwargs = generate_kwargs
         self.provisional = provisional
         self.prompt_tokens = prompt_tokens
-        self._history: list[Event] = []
+        self._history: list[Event] = []  # every event but provisionals: what subscribers replay
         self._history_seqs: list[int] = []
+        self._log: list[Event] = []  # every event: what live subscribers read, each at its own cursor
+        self._waiters: list[asyncio.Future[None]] = []  # one per subscriber waiting for the log to grow
         self._last_seq = -1
         self._subs: weakref.WeakSet[Subscription] = weakref.WeakSet()
         self._cancel = threading.Event()
@@ -525,7 +560,7 @@ class Stream:
         maxsize = self._hub.max_queue if max_queue is None else _check_max_queue(max_queue)
         policy = self._hub.overflow if overflow is None else _check_policy(overflow)
         start = 0 if after_seq is None else bisect.bisect_right(self._history_seqs, after_seq)
-        sub = Subscription(self, self._history, start, len(self._history), maxsize, policy, live=not self._ended)
+        sub = Subscription(self, start, maxsize, policy)
         if not self._ended:
             self._subs.add(sub)
         return sub
@@ -560,6 +595,7 @@ class Stream:
 
     def _begin(self, start_event: StartEvent) -> None:
         self._dispatch(start_event)
+        self._wake_waiters()
         self._thread.start()
 
     def _work(self) -> None:
@@ -592,26 +628,36 @@ class Stream:
                 pass
 
     def _drain(self) -> None:
-        """Event loop: move everything in the outbox to the subscribers."""
+        """Event loop: append everything in the outbox to the log, then wake the waiting subscribers once."""
         self._drain_scheduled = False
         outbox = self._outbox
+        finish: _Finish | None = None
         while outbox:
             item = outbox.popleft()
             if isinstance(item, _Finish):
-                self._finish(item)
+                finish = item
             else:
                 self._dispatch(item)
+        self._wake_waiters()
+        if finish is not None:
+            self._finish(finish)
 
     def _dispatch(self, event: Event) -> None:
+        self._log.append(event)
         if not isinstance(event, ProvisionalEvent):
             self._history.append(event)
             self._history_seqs.append(event.seq)
         self._last_seq = event.seq
         if isinstance(event, EndEvent):
             self._ended = True
-        subs = list(self._subs)
-        for sub in subs:
-            sub._push(event)
+
+    def _wake_waiters(self) -> None:
+        waiters = self._waiters
+        if waiters:
+            self._waiters = []
+            for waiter in waiters:
+                if not waiter.done():  # a subscriber cancelled while waiting leaves a cancelled future
+                    waiter.set_result(None)
 
     def _finish(self, finish: _Finish) -> None:
         self._thread.join(timeout=5.0)  # it has nothing left to do but return
@@ -631,6 +677,7 @@ class Stream:
         self._expired = True
         self._history = []
         self._history_seqs = []
+        self._log = []
         self._hub._forget(self)
 
 
