@@ -222,6 +222,12 @@ def load_model(
     label = name_or_path or DEFAULT_MODEL.name
     _log(f"specdec: loading {label} ({torch_dtype or 'checkpoint dtype'}, {target_device})", quiet)
     kwargs: dict[str, Any] = dict(extra)
+    if "gguf_file" in extra:
+        # Dense weights in the asked dtype: the same model whatever optional GGUF kernels are
+        # installed, and no float32-only packed matmuls behind a bfloat16 model.
+        from transformers import GgufConfig
+
+        kwargs["quantization_config"] = GgufConfig(dequantize=True)
     if torch_dtype is not None:
         kwargs["dtype"] = torch_dtype
     try:
