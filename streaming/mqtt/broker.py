@@ -40,9 +40,21 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 class LocalMosquitto:
-    """A mosquitto process listening on ``host:port`` only, anonymous, persistence off."""
+    """A mosquitto process listening on ``host:port`` only, anonymous, persistence off.
 
-    def __init__(self, *, port: int | None = None, host: str = "127.0.0.1", binary: str | None = None) -> None:
+    ``config_text`` replaces the generated config file (it must contain a
+    ``listener`` on ``host:port``): the tests use it to run the example config
+    of ``examples/mosquitto`` with a password file and an ACL.
+    """
+
+    def __init__(
+        self,
+        *,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        binary: str | None = None,
+        config_text: str | None = None,
+    ) -> None:
         self.binary = binary or find_mosquitto()
         if self.binary is None:
             raise TransportError("the mosquitto binary is not installed (Debian/Ubuntu: apt-get install mosquitto)")
@@ -51,23 +63,28 @@ class LocalMosquitto:
         self._dir = Path(tempfile.mkdtemp(prefix="specdec-mosquitto-"))
         self.config_path = self._dir / "mosquitto.conf"
         self.log_path = self._dir / "mosquitto.log"
-        self.config_path.write_text(
-            "\n".join(
-                [
-                    f"listener {self.port} {self.host}",
-                    "allow_anonymous true",
-                    "persistence false",
-                    "max_queued_messages 100000",
-                    "max_inflight_messages 0",
-                    "set_tcp_nodelay true",
-                    f"log_dest file {self.log_path}",
-                    "log_type error",
-                    "log_type warning",
-                    "",
-                ]
-            )
-        )
+        if config_text is not None:
+            # A caller's own config (e.g. passwords and an ACL); it must listen on host:port.
+            self.config_path.write_text(config_text)
+        else:
+            self.config_path.write_text(self._default_config())
         self._proc: subprocess.Popen[bytes] | None = None
+
+    def _default_config(self) -> str:
+        return "\n".join(
+            [
+                f"listener {self.port} {self.host}",
+                "allow_anonymous true",
+                "persistence false",
+                "max_queued_messages 100000",
+                "max_inflight_messages 0",
+                "set_tcp_nodelay true",
+                f"log_dest file {self.log_path}",
+                "log_type error",
+                "log_type warning",
+                "",
+            ]
+        )
 
     @property
     def url(self) -> str:
