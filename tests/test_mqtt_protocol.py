@@ -7,7 +7,16 @@ import random
 
 import pytest
 
-from streaming.events import STREAM_ID_PATTERN, ErrorEvent
+from streaming.events import (
+    STREAM_ID_PATTERN,
+    CommitEvent,
+    EndEvent,
+    ErrorEvent,
+    ProvisionalEvent,
+    StartEvent,
+    Usage,
+    event_to_dict,
+)
 from streaming.mqtt.errors import BadRequestError
 from streaming.mqtt.protocol import (
     RequestLimits,
@@ -98,6 +107,24 @@ def test_topics_and_events():
     assert stream_id_from_topic("other/v1/streams/ab/events") is None
     ev = ErrorEvent(stream_id="ab", seq=-1, code="worker_lost", message="m", retryable=True)
     assert decode_event(encode_event(ev)) == ev
+
+
+def test_event_encoding_matches_the_schema_dicts():
+    """The worker's fast encoder writes exactly the bytes of ``json.dumps(event_to_dict(event))``."""
+    events = [
+        StartEvent(stream_id="s", seq=0, model="m", draft="ngram", prompt_tokens=3,
+                   params={"max_new_tokens": 8, "temperature": 0.5, "stop": ["a", "é"]}),
+        CommitEvent(stream_id="s", seq=1, token_ids=[1, 2, 3], text="héllo 🙂", n_committed=3, step=0,
+                    drafted=4, accepted=2),
+        ProvisionalEvent(stream_id="s", seq=2, base=3, token_ids=[], text=""),
+        ErrorEvent(stream_id="s", seq=3, code="internal", message='a "quoted"\nline', retryable=False),
+        EndEvent(stream_id="s", seq=4, finish_reason="length",
+                 usage=Usage(prompt_tokens=3, completion_tokens=3, drafted=4, accepted=2), text="héllo 🙂"),
+    ]
+    for ev in events:
+        expected = json.dumps(event_to_dict(ev), separators=(",", ":"), ensure_ascii=False).encode()
+        assert encode_event(ev) == expected
+        assert decode_event(encode_event(ev)) == ev
 
 
 def test_broker_urls():

@@ -8,12 +8,14 @@ parser is fuzzed). See ``docs/mqtt.md`` for the protocol written out.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ..events import STREAM_ID_PATTERN, Event, event_from_dict, event_to_dict
+from ..events import STREAM_ID_PATTERN, Event, event_from_dict
 from .errors import BadRequestError
 
 __all__ = [
@@ -278,13 +280,36 @@ def parse_control(payload: bytes | str) -> ControlCommand:
     raise BadRequestError(f"control type must be 'cancel' or 'resume', got {str(kind)[:40]!r}")
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)  # made once, not per call
+
+
 def encode_json(data: Any) -> bytes:
-    return json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+    return _ENCODER.encode(data).encode("utf-8")
+
+
+@functools.lru_cache(maxsize=None)
+def _field_names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls))
+
+
+def _plain(obj: Any) -> dict[str, Any]:
+    """A dataclass as a dict for JSON, like ``dataclasses.asdict`` but without its deep copy.
+
+    The worker encodes every event once, on its event loop, next to a
+    generation thread that wants the GIL; ``asdict`` was a fifth of the loop's
+    time per event. The dict is encoded at once and dropped, so sharing the
+    event's lists is safe. Same keys, same order as ``event_to_dict`` (tested).
+    """
+    out = {}
+    for name in _field_names(type(obj)):
+        value = getattr(obj, name)
+        out[name] = _plain(value) if hasattr(type(value), "__dataclass_fields__") else value
+    return out
 
 
 def encode_event(event: Event) -> bytes:
     """One event as the UTF-8 JSON payload of one MQTT message."""
-    return encode_json(event_to_dict(event))
+    return encode_json(_plain(event))
 
 
 def decode_event(payload: bytes) -> Event:
