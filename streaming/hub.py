@@ -54,6 +54,20 @@ waiting events cost no memory beyond the log the stream keeps for replay anyway
     The waiting events are discarded and the subscriber receives
     ``ErrorEvent(code="slow_consumer", retryable=True, seq=-1)`` and then stops.
 
+The fan-out budget (opt-in, ``StreamHub(fanout_share=0.05)``). Every wake-up
+round costs the loop a few microseconds per waiting subscriber, and in CPython
+that time is taken from generation too whenever generation needs the GIL (a
+small model's steps are mostly Python). With a budget, the hub measures the
+loop's CPU time for each round (the wake-ups and the subscribers' first steps,
+in which they read every event already logged) and starts the next round no
+sooner than ``cost / fanout_share`` after this one began, and never more than
+50 ms after; events that land in between wait in the log and go out together in
+the next round. With few subscribers a round costs microseconds and nothing
+changes; with a thousand it trades latency (up to 50 ms) for generation speed.
+It only amortizes the per-wake-up cost: each subscriber still spends its own
+time on each event it reads, which no batching removes. Subscribers
+that are not waiting still read new events as soon as they ask.
+
 A ``slow_consumer`` error concerns one subscriber, not the stream: it has
 ``seq == -1``, is never stored or replayed, and other subscribers never see it.
 Resume with ``stream.subscribe(after_seq=subscription.last_seq)``.
@@ -104,6 +118,7 @@ __all__ = [
 OverflowPolicy = Literal["merge", "close"]
 _POLICIES = ("merge", "close")
 _RESERVED_KWARGS = ("on_tokens", "on_draft", "cancel")
+_MAX_ROUND_INTERVAL_S = 0.05  # the fan-out budget never holds events back longer than this
 _EXPIRED_MEMORY = 4096  # how many expired stream ids the hub remembers for clearer errors
 
 
@@ -495,6 +510,11 @@ class Stream:
         self._ended = False
         self._expired = False
         self._expire_handle: asyncio.TimerHandle | None = None
+        # The fan-out budget (StreamHub(fanout_share=...)): when the next wake-up round may start.
+        self._next_round_at = 0.0
+        self._round_timer: asyncio.TimerHandle | None = None
+        self._measuring_round = False
+        self._round_wanted = False
         self._emitter = _Emitter(self, tokenizer, provisional)
         self._thread = threading.Thread(target=self._work, name=f"specdec-stream-{stream_id}", daemon=True)
 
@@ -638,7 +658,7 @@ class Stream:
                 finish = item
             else:
                 self._dispatch(item)
-        self._wake_waiters()
+        self._request_round()
         if finish is not None:
             self._finish(finish)
 
@@ -650,6 +670,41 @@ class Stream:
         self._last_seq = event.seq
         if isinstance(event, EndEvent):
             self._ended = True
+
+    def _request_round(self) -> None:
+        """New events are in the log: wake the waiting subscribers now, or when the fan-out budget allows."""
+        share = self._hub.fanout_share
+        if share is None:
+            self._wake_waiters()
+        elif self._measuring_round:
+            self._round_wanted = True  # decided once the running round's cost is known
+        elif self._round_timer is None:
+            delay = self._next_round_at - self._loop.time()
+            if delay <= 0:
+                self._budgeted_round()
+            else:
+                self._round_timer = self._loop.call_later(delay, self._budgeted_round)
+
+    def _budgeted_round(self) -> None:
+        """Wake the waiting subscribers and measure what that costs the loop (their first steps included)."""
+        self._round_timer = None
+        if not self._waiters:
+            return
+        self._measuring_round = True
+        started, cpu_started = self._loop.time(), time.thread_time()
+        self._wake_waiters()
+        # Runs after the woken subscribers' first steps, which read every event already in the log.
+        self._loop.call_soon(self._round_done, started, cpu_started)
+
+    def _round_done(self, started: float, cpu_started: float) -> None:
+        self._measuring_round = False
+        share = self._hub.fanout_share
+        assert share is not None
+        delay = min((time.thread_time() - cpu_started) / share, _MAX_ROUND_INTERVAL_S)
+        self._next_round_at = started + delay
+        if self._round_wanted:  # events arrived while the round was measured
+            self._round_wanted = False
+            self._request_round()
 
     def _wake_waiters(self) -> None:
         waiters = self._waiters
@@ -742,12 +797,21 @@ class StreamHub:
     ``retention_s``: how long a finished stream's events stay available to new
     subscribers (``None``: until :meth:`close`; ``0``: until the loop's next
     turn). ``max_queue`` and ``overflow``: each subscriber's queue bound and
-    overflow policy (see the module docstring). One hub serves one event loop.
+    overflow policy (see the module docstring). ``fanout_share`` (optional, ``0 <
+    share <= 1``): the fan-out budget, the largest share of the event loop's CPU
+    time that waking one stream's subscribers may take (see the module
+    docstring); ``None`` (the default) wakes them as soon as events land. One
+    hub serves one event loop.
     ``async with StreamHub() as hub`` cancels and waits for its streams on exit.
     """
 
     def __init__(
-        self, *, retention_s: float | None = 300.0, max_queue: int = 1024, overflow: OverflowPolicy = "merge"
+        self,
+        *,
+        retention_s: float | None = 300.0,
+        max_queue: int = 1024,
+        overflow: OverflowPolicy = "merge",
+        fanout_share: float | None = None,
     ) -> None:
         if retention_s is not None and (
             isinstance(retention_s, bool) or not isinstance(retention_s, (int, float)) or retention_s < 0
@@ -756,6 +820,13 @@ class StreamHub:
         self.retention_s = retention_s
         self.max_queue = _check_max_queue(max_queue)
         self.overflow: OverflowPolicy = _check_policy(overflow)
+        if fanout_share is not None and (
+            isinstance(fanout_share, bool)
+            or not isinstance(fanout_share, (int, float))
+            or not 0 < fanout_share <= 1
+        ):
+            raise InvalidArgumentError(f"fanout_share must be a number in (0, 1] or None, got {fanout_share!r}")
+        self.fanout_share: float | None = None if fanout_share is None else float(fanout_share)
         self._streams: dict[str, Stream] = {}
         self._expired_ids: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._loop: asyncio.AbstractEventLoop | None = None
