@@ -56,6 +56,17 @@ sys.path.insert(0, str(ROOT / "tests"))
 # ----------------------------------------------------------------------------- subscribers
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """CPU time the processes have run so far (all threads; /proc/PID/schedstat, nanoseconds)."""
+    total = 0
+    for pid in pids:
+        try:
+            total += int(Path(f"/proc/{pid}/schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue
+    return total / 1e9
+
+
 class MosquittoSubGroup:
     """``n`` ``mosquitto_sub`` processes on one topic, each writing ``<receipt unix time> <payload>`` lines."""
 
@@ -107,6 +118,9 @@ class MosquittoSubGroup:
                     rows.append((float(stamp), data))
             out.append(rows)
         return out
+
+    def cpu_seconds(self) -> float:
+        return cpu_seconds([proc.pid for proc in self.procs])
 
     def close(self) -> None:
         for proc in self.procs:
@@ -191,6 +205,8 @@ class Run:
     seconds: float
     latencies: list[float] = field(default_factory=list)
     token_ids: list[int] = field(default_factory=list)
+    events: int = 0  # events in the stream
+    cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds during the run, by process kind
 
     @property
     def tokens_per_s(self) -> float:
@@ -198,17 +214,20 @@ class Run:
 
 
 async def run_in_process(hub: Any, w: Workload, max_new_tokens: int) -> Run:
+    cpu0 = time.process_time()
     t0 = time.time()
     stream = hub.start(w.generator, w.input_ids, tokenizer=w.tokenizer, max_new_tokens=max_new_tokens)
     run = Run(0, 0.0)
     async for event in stream.subscribe():
         now = time.time()
+        run.events += 1
         if event.type == "commit":
             run.latencies.append(now - event.ts)
             run.token_ids.extend(event.token_ids)
         elif event.type == "end":
             run.seconds = now - t0
     run.tokens = len(run.token_ids)
+    run.cpu = {"generating process": time.process_time() - cpu0}
     return run
 
 
@@ -224,16 +243,22 @@ async def run_mqtt(broker: Any, raw: Any, worker: Any, w: Workload, max_new_toke
         await asyncio.sleep(0.2)  # let the probes drain and the machine settle
         served = worker.counters["served"]
         request = {"stream_id": stream_id, "input_ids": w.input_ids, "max_new_tokens": max_new_tokens}
+        cpu0 = (time.process_time(), cpu_seconds([broker.pid]), group.cpu_seconds())
         t0 = time.time()
         await raw.publish(REQUEST_TOPIC, encode_json(request))
         while worker.counters["served"] == served:  # the worker published the end; nothing polls files meanwhile
             await asyncio.sleep(0.01)
         await group.wait_end()
+        cpu = {
+            "generating process": time.process_time() - cpu0[0],
+            "broker": cpu_seconds([broker.pid]) - cpu0[1],
+            "subscribers": group.cpu_seconds() - cpu0[2],
+        }
     finally:
         group.close()
     received = group.received()
     shutil.rmtree(folder, ignore_errors=True)
-    run = Run(0, 0.0)
+    run = Run(0, 0.0, cpu=cpu)
     last_end = 0.0
     reference: list[int] | None = None
     for rows in received:
@@ -251,6 +276,7 @@ async def run_mqtt(broker: Any, raw: Any, worker: Any, w: Workload, max_new_toke
                 run.latencies.append(stamp - event["ts"])
             elif event["type"] == "end":
                 last_end = max(last_end, stamp)
+    run.events = len(seqs)
     run.token_ids = reference or []
     run.tokens = len(run.token_ids)
     run.seconds = last_end - t0
@@ -352,6 +378,10 @@ async def bench_model(name: str, args: argparse.Namespace, broker: Any) -> list[
                 "latency_ms_max": max(lat) * 1e3,
                 "latency_samples": len(lat),
                 "p99_ms_per_round": [_pct(r.latencies, 0.99) * 1e3 for r in runs[system]],
+                "events_per_stream": runs[system][0].events,
+                "cpu_s_median": {
+                    kind: statistics.median(r.cpu[kind] for r in runs[system]) for kind in runs[system][0].cpu
+                },
             }
         )
     return rows
@@ -359,11 +389,18 @@ async def bench_model(name: str, args: argparse.Namespace, broker: Any) -> list[
 
 def print_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     print(f"\nmax_new_tokens {args.tokens}, median of {args.rounds} interleaved rounds; latency = commit ts -> receipt")
-    print(f"{'model':8} {'system':10} {'tokens':>6} {'tok/s':>8} {'vs in-proc':>10} {'p50 ms':>7} {'p99 ms':>7}")
+    print("CPU s = median CPU seconds per stream: generating process / broker / all subscriber processes")
+    print(
+        f"{'model':8} {'system':10} {'tokens':>6} {'events':>6} {'tok/s':>8} {'vs in-proc':>10} {'p50 ms':>7} "
+        f"{'p99 ms':>7}  CPU s"
+    )
     for row in rows:
+        cpu = row["cpu_s_median"]
+        cpu_text = " / ".join(f"{cpu[k]:.2f}" for k in ("generating process", "broker", "subscribers") if k in cpu)
         print(
-            f"{row['model']:8} {row['system']:10} {row['completion_tokens']:6d} {row['tokens_per_s_median']:8.1f} "
-            f"{row['vs_in_process']:10.2f} {row['latency_ms_p50']:7.2f} {row['latency_ms_p99']:7.2f}"
+            f"{row['model']:8} {row['system']:10} {row['completion_tokens']:6d} {row['events_per_stream']:6d} "
+            f"{row['tokens_per_s_median']:8.1f} {row['vs_in_process']:10.2f} {row['latency_ms_p50']:7.2f} "
+            f"{row['latency_ms_p99']:7.2f}  {cpu_text}"
         )
 
 
