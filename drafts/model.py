@@ -13,19 +13,35 @@ __all__ = ["ModelDrafter"]
 class ModelDrafter:
     """Drafts with a smaller causal LM that shares the target's vocabulary.
 
-    It proposes exactly ``k`` tokens per step (no hidden early stop), one draft
-    forward per token, drawn from the draft distribution shaped like the
-    target's (greedy: its argmax) and returns those probabilities so speculative
-    sampling stays exact. Rejected tokens are rolled back out of its cache.
+    One draft forward per token, drawn from the draft distribution shaped like
+    the target's (greedy: its argmax); it returns those probabilities so
+    speculative sampling stays exact. Rejected tokens are rolled back out of
+    its cache. The draft model may sit on another device than the target.
 
-    The draft model may sit on another device than the target.
+    With a fixed k it proposes exactly ``k`` tokens per step (no hidden early
+    stop). When the generator picks k itself (``num_draft_tokens="auto"``) it
+    also stops as soon as its own probability of the drafted prefix (the
+    product of each drafted token's probability under the shaped draft
+    distribution) falls below ``min_prefix_confidence``, sparing draft forwards
+    and verify positions the target would most likely reject. Stopping depends
+    only on the draft's own distribution, so the output stays exact.
+    ``min_prefix_confidence=0`` turns this off.
     """
 
-    def __init__(self, model: PreTrainedModel, *, num_draft_tokens: int = 4) -> None:
+    def __init__(
+        self, model: PreTrainedModel, *, num_draft_tokens: int = 4, min_prefix_confidence: float = 0.2
+    ) -> None:
         if isinstance(num_draft_tokens, bool) or not isinstance(num_draft_tokens, int) or num_draft_tokens < 1:
             raise InvalidArgumentError(f"num_draft_tokens must be an integer >= 1, got {num_draft_tokens!r}")
+        if (
+            isinstance(min_prefix_confidence, bool)
+            or not isinstance(min_prefix_confidence, (int, float))
+            or not 0.0 <= min_prefix_confidence < 1.0
+        ):
+            raise InvalidArgumentError(f"min_prefix_confidence must be in [0, 1), got {min_prefix_confidence!r}")
         self.model_adapter = CausalLMAdapter(model)
         self.default_num_draft_tokens = num_draft_tokens
+        self.min_prefix_confidence = float(min_prefix_confidence)
         self.vocab_size: int | None = self.model_adapter.vocab_size
         self._context: DraftContext | None = None
         self._committed: list[int] = []
@@ -56,14 +72,23 @@ class ModelDrafter:
         )
         tokens: list[torch.Tensor] = []  # each LongTensor [1]
         probs: list[torch.Tensor] = []  # each FloatTensor [1, vocab]
+        stop_below = self.min_prefix_confidence if context.adaptive else 0.0
+        prefix_confidence = 1.0
         for i in range(k):
             if shaper.do_sample:
                 p = shaper.probs(history, logits)
                 token = torch.multinomial(p, 1, generator=self._generator)[0]
                 probs.append(p)
+                confidence = p[0, token] if stop_below else None
             else:
-                token = shaper.scores(history, logits).argmax(dim=-1)
+                scores = shaper.scores(history, logits)
+                token = scores.argmax(dim=-1)
+                confidence = torch.softmax(scores[0].float(), dim=-1)[token] if stop_below else None
             tokens.append(token)
+            if confidence is not None:
+                prefix_confidence *= float(confidence)  # one host sync per draft token, only in "auto" mode
+                if prefix_confidence < stop_below:
+                    break
             if i + 1 < k:
                 logits = adapter.forward(token)
                 if shaper.reads_history:

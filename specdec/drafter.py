@@ -36,6 +36,9 @@ class DraftContext:
     vocab_size: int  # the target's vocabulary size
     seed: int  # seed for the drafter's own random draws
     max_new_tokens: int
+    #: True when the generator picks k itself (``num_draft_tokens="auto"``): a drafter that knows its
+    #: own confidence may then propose fewer than ``max_tokens``. With a fixed k it must not stop early.
+    adaptive: bool = False
 
     @property
     def do_sample(self) -> bool:

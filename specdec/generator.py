@@ -261,6 +261,7 @@ class _Run:
                 vocab_size=self.target.vocab_size,
                 seed=self.draft_seed,
                 max_new_tokens=self.params.max_new_tokens,
+                adaptive=self.controller is not None,
             )
         )
         try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from drafts import NGramDrafter, OracleDrafter
+from drafts import ModelDrafter, NGramDrafter, OracleDrafter
 from specdec import InvalidArgumentError, SpeculativeGenerator
 from specdec.adaptive import (
     AcceptanceEstimate,
@@ -140,3 +140,31 @@ def test_a_useless_expensive_drafter_is_switched_off():
     controller = _simulate(alpha=0.0, c=0.5, slope=0.3)
     late = controller.chosen[-40:]
     assert late.count(0) > len(late) // 2
+
+
+def _context(prompt, adaptive):
+    from specdec import DraftContext, LogitsShaper
+
+    return DraftContext(prompt_ids=prompt[0], shaper=LogitsShaper(), vocab_size=128, seed=0, max_new_tokens=16, adaptive=adaptive)
+
+
+def test_model_drafter_stops_early_only_under_auto(tiny):
+    """Under "auto" a ModelDrafter cuts a proposal once its own prefix confidence drops; a fixed k never does."""
+    prompt = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6]])
+    # A random 128-token model is never 99.9% sure of its next token.
+    for threshold, adaptive, expected in [(0.999, True, 1), (0.999, False, 3), (0.0, True, 3)]:
+        drafter = ModelDrafter(tiny, min_prefix_confidence=threshold)
+        drafter.begin(_context(prompt, adaptive))
+        assert drafter.propose(3).token_ids.shape[0] == expected, (threshold, adaptive)
+        drafter.end()
+    with torch.inference_mode():
+        reference = tiny.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False, max_new_tokens=40)
+    gen = SpeculativeGenerator(tiny, ModelDrafter(tiny, min_prefix_confidence=0.999))
+    for k in ("auto", 3):
+        assert torch.equal(gen.generate(prompt, max_new_tokens=40, num_draft_tokens=k).sequences, reference)
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.0, 2, "high", True, None])
+def test_bad_prefix_confidence_is_refused(tiny, bad):
+    with pytest.raises(InvalidArgumentError, match="min_prefix_confidence"):
+        ModelDrafter(tiny, min_prefix_confidence=bad)

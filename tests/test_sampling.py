@@ -14,6 +14,8 @@ negative control showing the same test rejects a plausible wrong answer.
 
 from __future__ import annotations
 
+import dataclasses
+
 import itertools
 
 import pytest
@@ -246,12 +248,15 @@ def _sampled_joint(gen, draws, new_tokens, **kwargs):
         ("model", 800, dict(temperature=0.8, top_k=6, top_p=0.9)),
         ("ngram", 800, {}),
         ("oracle", 800, {}),
+        ("model-early-stop", 1000, {}),
     ],
 )
 def test_generator_preserves_target_distribution(drafter_kind, draws, shaping, tiny_lm):
     target = _target(tiny_lm)
     if drafter_kind == "model":
         drafter = ModelDrafter(_draft(tiny_lm))
+    elif drafter_kind == "model-early-stop":
+        drafter = AsIfAuto(ModelDrafter(_draft(tiny_lm), min_prefix_confidence=0.1))
     elif drafter_kind == "ngram":
         drafter = NGramDrafter(max_ngram=2)
     else:
@@ -266,6 +271,39 @@ def test_generator_preserves_target_distribution(drafter_kind, draws, shaping, t
     # Negative control: sampling at another temperature is rejected by the same test.
     other = LogitsShaper(do_sample=True, **{**shaping, "temperature": shaping.get("temperature", 1.0) * 1.5})
     assert chi_square_pvalue(counts, exact_joint(target, PROMPT, NEW, other)) < P_WRONG
+
+
+class AsIfAuto:
+    """Runs a drafter as under ``num_draft_tokens="auto"`` (it may stop early) while the test fixes k."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.default_num_draft_tokens = inner.default_num_draft_tokens
+        self.vocab_size = inner.vocab_size
+        self.lengths: list[int] = []
+
+    def begin(self, context):
+        self.inner.begin(dataclasses.replace(context, adaptive=True))
+
+    def propose(self, max_tokens):
+        block = self.inner.propose(max_tokens)
+        self.lengths.append(int(block.token_ids.shape[0]))
+        return block
+
+    def update(self, token_ids, num_accepted):
+        self.inner.update(token_ids, num_accepted)
+
+    def end(self):
+        self.inner.end()
+
+
+def test_early_stop_is_exercised(tiny_lm):
+    """The early-stop case above means something only if proposals are cut at different lengths."""
+    drafter = AsIfAuto(ModelDrafter(_draft(tiny_lm), min_prefix_confidence=0.1))
+    gen = SpeculativeGenerator(_target(tiny_lm), drafter)
+    for seed in range(100):
+        gen.generate(PROMPT, do_sample=True, max_new_tokens=NEW, num_draft_tokens=NEW - 1, seed=seed)
+    assert {1, NEW - 1} <= set(drafter.lengths)
 
 
 def test_model_drafter_is_exercised(tiny_lm):
