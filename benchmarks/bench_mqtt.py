@@ -294,7 +294,6 @@ def _pct(values: list[float], q: float) -> float:
 
 
 def _machine() -> dict[str, Any]:
-    import aiomqtt  # noqa: F401
     import torch
     import transformers
     from importlib.metadata import version
@@ -358,6 +357,7 @@ async def bench_model(name: str, args: argparse.Namespace, broker: Any) -> list[
         for run in runs[system]:
             assert run.token_ids == reference, f"{system} produced other tokens than in-process"
     base = statistics.median(r.tokens_per_s for r in runs["in-process"])
+    base_by_round = [r.tokens_per_s for r in runs["in-process"]]
     rows = []
     for system in systems:
         tps = [r.tokens_per_s for r in runs[system]]
@@ -373,6 +373,8 @@ async def bench_model(name: str, args: argparse.Namespace, broker: Any) -> list[
                 "tokens_per_s_median": statistics.median(tps),
                 "tokens_per_s_rounds": tps,
                 "vs_in_process": statistics.median(tps) / base,
+                # the same ratio taken within each round, then the median: steadier when the machine's load drifts
+                "vs_in_process_paired": statistics.median(t / b for t, b in zip(tps, base_by_round)),
                 "latency_ms_p50": _pct(lat, 0.5) * 1e3,
                 "latency_ms_p99": _pct(lat, 0.99) * 1e3,
                 "latency_ms_max": max(lat) * 1e3,
@@ -391,15 +393,16 @@ def print_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     print(f"\nmax_new_tokens {args.tokens}, median of {args.rounds} interleaved rounds; latency = commit ts -> receipt")
     print("CPU s = median CPU seconds per stream: generating process / broker / all subscriber processes")
     print(
-        f"{'model':8} {'system':10} {'tokens':>6} {'events':>6} {'tok/s':>8} {'vs in-proc':>10} {'p50 ms':>7} "
-        f"{'p99 ms':>7}  CPU s"
+        f"{'model':8} {'system':10} {'tokens':>6} {'events':>6} {'tok/s':>8} {'vs in-proc':>10} {'paired':>6} "
+        f"{'p50 ms':>7} {'p99 ms':>7}  CPU s"
     )
     for row in rows:
         cpu = row["cpu_s_median"]
         cpu_text = " / ".join(f"{cpu[k]:.2f}" for k in ("generating process", "broker", "subscribers") if k in cpu)
         print(
             f"{row['model']:8} {row['system']:10} {row['completion_tokens']:6d} {row['events_per_stream']:6d} "
-            f"{row['tokens_per_s_median']:8.1f} {row['vs_in_process']:10.2f} {row['latency_ms_p50']:7.2f} "
+            f"{row['tokens_per_s_median']:8.1f} {row['vs_in_process']:10.2f} {row['vs_in_process_paired']:6.2f} "
+            f"{row['latency_ms_p50']:7.2f} "
             f"{row['latency_ms_p99']:7.2f}  {cpu_text}"
         )
 
@@ -423,7 +426,7 @@ async def main_async(args: argparse.Namespace) -> None:
             "command": " ".join(sys.argv),
             "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
             "wall_s": time.time() - started,
-            "machine": machine,
+            "machine": {**machine, "load_avg_at_end": os.getloadavg()},
             "settings": {"max_new_tokens": args.tokens, "rounds": args.rounds, "torch_threads": args.threads},
             "rows": rows,
         }

@@ -134,7 +134,8 @@ def test_example_config_passwords_acl_and_tls(secured_broker):
                 fake = {"v": 1, "stream_id": sid, "seq": 0, "type": "error", "ts": time.time(), "code": "internal",
                         "message": "spoofed", "retryable": False}
                 await other.publish(events_topic(sid), encode_json(fake))  # dropped: clients may not write events
-                await other.publish(REQUEST_TOPIC, encode_json({"stream_id": sid, "prompt": PROMPT, "max_new_tokens": 5}))
+                request = {"stream_id": sid, "prompt": PROMPT, "max_new_tokens": 5}
+                await other.publish(REQUEST_TOPIC, encode_json(request))
                 await other.publish(control_topic(sid), encode_json({"type": "resume", "after_seq": -1}))
                 got = []
                 async for message in snoop.messages():

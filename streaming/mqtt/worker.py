@@ -405,7 +405,9 @@ class Worker:
             raise BadRequestError("the prompt tokenizes to nothing", stream_id=request.stream_id)
         vocab = getattr(getattr(self.generator, "target", None), "vocab_size", None)
         if isinstance(vocab, int) and any(not 0 <= t < vocab for t in ids):
-            raise BadRequestError(f"input_ids hold token ids outside the vocabulary [0, {vocab})", stream_id=request.stream_id)
+            raise BadRequestError(
+                f"input_ids hold token ids outside the vocabulary [0, {vocab})", stream_id=request.stream_id
+            )
         if len(ids) > self.settings.limits.max_prompt_tokens:
             raise BadRequestError(
                 f"the prompt has {len(ids)} tokens; the limit is {self.settings.limits.max_prompt_tokens}",
@@ -647,7 +649,9 @@ async def serve(
         from .broker import LocalMosquitto
 
         if config.host not in ("127.0.0.1", "localhost", "::1"):
-            raise ValueError(f"--start-broker runs a local mosquitto; the broker URL must be loopback, not {config.host}")
+            raise ValueError(
+                f"--start-broker runs a local mosquitto; the broker URL must be loopback, not {config.host}"
+            )
         broker = LocalMosquitto(port=config.port, host="127.0.0.1").start()
     try:
         await Worker(config, gen, tokenizer, settings=settings).run()
