@@ -61,9 +61,10 @@ small model's steps are mostly Python). With a budget, the hub measures the
 loop's CPU time for each round (the wake-ups and the subscribers' first steps,
 in which they read every event already logged) and starts the next round no
 sooner than ``cost / fanout_share`` after this one began, and never more than
-50 ms after; events that land in between wait in the log and go out together in
-the next round. With few subscribers a round costs microseconds and nothing
-changes; with a thousand it trades latency (up to 50 ms) for generation speed.
+``fanout_max_delay_s`` (default 50 ms) after; events that land in between wait
+in the log and go out together in the next round. With few subscribers a round
+costs microseconds and nothing changes; with a thousand it trades latency (up to
+``fanout_max_delay_s``) for generation speed.
 It only amortizes the per-wake-up cost: each subscriber still spends its own
 time on each event it reads, which no batching removes. Subscribers
 that are not waiting still read new events as soon as they ask.
@@ -118,7 +119,6 @@ __all__ = [
 OverflowPolicy = Literal["merge", "close"]
 _POLICIES = ("merge", "close")
 _RESERVED_KWARGS = ("on_tokens", "on_draft", "cancel")
-_MAX_ROUND_INTERVAL_S = 0.05  # the fan-out budget never holds events back longer than this
 _EXPIRED_MEMORY = 4096  # how many expired stream ids the hub remembers for clearer errors
 
 
@@ -700,7 +700,7 @@ class Stream:
         self._measuring_round = False
         share = self._hub.fanout_share
         assert share is not None
-        delay = min((time.thread_time() - cpu_started) / share, _MAX_ROUND_INTERVAL_S)
+        delay = min((time.thread_time() - cpu_started) / share, self._hub.fanout_max_delay_s)
         self._next_round_at = started + delay
         if self._round_wanted:  # events arrived while the round was measured
             self._round_wanted = False
@@ -800,8 +800,9 @@ class StreamHub:
     overflow policy (see the module docstring). ``fanout_share`` (optional, ``0 <
     share <= 1``): the fan-out budget, the largest share of the event loop's CPU
     time that waking one stream's subscribers may take (see the module
-    docstring); ``None`` (the default) wakes them as soon as events land. One
-    hub serves one event loop.
+    docstring); ``None`` (the default) wakes them as soon as events land.
+    ``fanout_max_delay_s``: with a budget, the longest a round may be put off.
+    One hub serves one event loop.
     ``async with StreamHub() as hub`` cancels and waits for its streams on exit.
     """
 
@@ -812,6 +813,7 @@ class StreamHub:
         max_queue: int = 1024,
         overflow: OverflowPolicy = "merge",
         fanout_share: float | None = None,
+        fanout_max_delay_s: float = 0.05,
     ) -> None:
         if retention_s is not None and (
             isinstance(retention_s, bool) or not isinstance(retention_s, (int, float)) or retention_s < 0
@@ -827,6 +829,11 @@ class StreamHub:
         ):
             raise InvalidArgumentError(f"fanout_share must be a number in (0, 1] or None, got {fanout_share!r}")
         self.fanout_share: float | None = None if fanout_share is None else float(fanout_share)
+        if isinstance(fanout_max_delay_s, bool) or not isinstance(fanout_max_delay_s, (int, float)) or not (
+            0 < fanout_max_delay_s < float("inf")
+        ):
+            raise InvalidArgumentError(f"fanout_max_delay_s must be a number of seconds > 0, got {fanout_max_delay_s!r}")
+        self.fanout_max_delay_s = float(fanout_max_delay_s)
         self._streams: dict[str, Stream] = {}
         self._expired_ids: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._loop: asyncio.AbstractEventLoop | None = None

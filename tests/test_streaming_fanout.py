@@ -146,5 +146,45 @@ def test_fanout_budget_is_validated():
     for bad in (0, -0.1, 1.5, "0.1", True):
         with pytest.raises(InvalidArgumentError, match="fanout_share"):
             StreamHub(fanout_share=bad)
+    for bad in (0, -1, float("inf"), None, "1"):
+        with pytest.raises(InvalidArgumentError, match="fanout_max_delay_s"):
+            StreamHub(fanout_share=0.1, fanout_max_delay_s=bad)
     assert StreamHub(fanout_share=1).fanout_share == 1.0
-    assert StreamHub().fanout_share is None
+    assert StreamHub().fanout_share is None and StreamHub().fanout_max_delay_s == 0.05
+
+
+def test_fanout_budget_holds_rounds_back_but_loses_nothing(tok, model, prompt_ids):
+    """A tiny budget with a long cap: events pile up between rounds and each round carries several."""
+    gen = SpeculativeGenerator(model, NGramDrafter(num_draft_tokens=4))
+
+    async def main():
+        hub = StreamHub(fanout_share=1e-4, fanout_max_delay_s=0.2)
+        stream = hub.start(gen, prompt_ids, tokenizer=tok, max_new_tokens=60)
+        reads_per_wake: list[int] = []
+
+        async def count_batches():
+            sub = stream.subscribe()
+            events, since_wait = [], 0
+            while True:
+                was_waiting = sub.qsize() == 0
+                try:
+                    event = await sub.__anext__()
+                except StopAsyncIteration:
+                    break
+                if was_waiting:
+                    if since_wait:
+                        reads_per_wake.append(since_wait)
+                    since_wait = 0
+                since_wait += 1
+                events.append(event)
+            return events
+
+        tasks = [asyncio.create_task(count_batches()) for _ in range(50)]
+        out = await stream.result()
+        return out, await asyncio.gather(*tasks), reads_per_wake
+
+    out, results, reads_per_wake = run(main())
+    assert all(events == results[0] for events in results)
+    assert [e.seq for e in results[0]] == list(range(len(results[0])))
+    assert [t for e in results[0] if isinstance(e, CommitEvent) for t in e.token_ids] == _completion(out, prompt_ids)
+    assert max(reads_per_wake) > 1  # some rounds delivered several events at once
