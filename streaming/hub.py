@@ -832,7 +832,9 @@ class StreamHub:
         if isinstance(fanout_max_delay_s, bool) or not isinstance(fanout_max_delay_s, (int, float)) or not (
             0 < fanout_max_delay_s < float("inf")
         ):
-            raise InvalidArgumentError(f"fanout_max_delay_s must be a number of seconds > 0, got {fanout_max_delay_s!r}")
+            raise InvalidArgumentError(
+                f"fanout_max_delay_s must be a number of seconds > 0, got {fanout_max_delay_s!r}"
+            )
         self.fanout_max_delay_s = float(fanout_max_delay_s)
         self._streams: dict[str, Stream] = {}
         self._expired_ids: collections.OrderedDict[str, None] = collections.OrderedDict()
