@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 from _streaming_fixtures import WrappedDrafter, byte_level_tokenizer, run, stream_threads, tiny_llama
@@ -154,8 +155,14 @@ def test_fanout_budget_is_validated():
 
 
 def test_fanout_budget_holds_rounds_back_but_loses_nothing(tok, model, prompt_ids):
-    """A tiny budget with a long cap: events pile up between rounds and each round carries several."""
-    gen = SpeculativeGenerator(model, NGramDrafter(num_draft_tokens=4))
+    """A tiny budget with a long cap: events pile up between rounds and a round carries several."""
+
+    class PacedDrafter(WrappedDrafter):  # a step every few ms, so that a held-back round finds several events
+        def propose(self, max_tokens):
+            time.sleep(0.004)
+            return super().propose(max_tokens)
+
+    gen = SpeculativeGenerator(model, PacedDrafter(NGramDrafter(num_draft_tokens=4)))
 
     async def main():
         hub = StreamHub(fanout_share=1e-4, fanout_max_delay_s=0.2)
@@ -170,6 +177,7 @@ def test_fanout_budget_holds_rounds_back_but_loses_nothing(tok, model, prompt_id
                 try:
                     event = await sub.__anext__()
                 except StopAsyncIteration:
+                    reads_per_wake.append(since_wait)
                     break
                 if was_waiting:
                     if since_wait:
@@ -187,4 +195,6 @@ def test_fanout_budget_holds_rounds_back_but_loses_nothing(tok, model, prompt_id
     assert all(events == results[0] for events in results)
     assert [e.seq for e in results[0]] == list(range(len(results[0])))
     assert [t for e in results[0] if isinstance(e, CommitEvent) for t in e.token_ids] == _completion(out, prompt_ids)
-    assert max(reads_per_wake) > 1  # some rounds delivered several events at once
+    # Rounds were held back: on average a subscriber read more than two events per wake-up.
+    assert sum(reads_per_wake) == sum(len(events) for events in results)
+    assert len(reads_per_wake) < sum(reads_per_wake) / 2
