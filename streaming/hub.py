@@ -54,7 +54,8 @@ waiting events cost no memory beyond the log the stream keeps for replay anyway
     The waiting events are discarded and the subscriber receives
     ``ErrorEvent(code="slow_consumer", retryable=True, seq=-1)`` and then stops.
 
-The fan-out budget (opt-in, ``StreamHub(fanout_share=0.05)``). Every wake-up
+The fan-out budget (opt-in, e.g. ``StreamHub(fanout_share=0.02, fanout_max_delay_s=0.25)``,
+the setting ``docs/bench_streaming.md`` measured to help at 1,000 subscribers). Every wake-up
 round costs the loop a few microseconds per waiting subscriber, and in CPython
 that time is taken from generation too whenever generation needs the GIL (a
 small model's steps are mostly Python). With a budget, the hub measures the
@@ -64,8 +65,9 @@ sooner than ``cost / fanout_share`` after this one began, and never more than
 ``fanout_max_delay_s`` (default 50 ms) after; events that land in between wait
 in the log and go out together in the next round. With few subscribers a round
 costs microseconds and nothing changes; with a thousand it trades latency (up to
-``fanout_max_delay_s``) for generation speed.
-It only amortizes the per-wake-up cost: each subscriber still spends its own
+``fanout_max_delay_s``) for generation speed. Events a held-back round
+delivers at once do not count against ``max_queue``: only what a subscriber
+left unread of earlier rounds does. It only amortizes the per-wake-up cost: each subscriber still spends its own
 time on each event it reads, which no batching removes. Subscribers
 that are not waiting still read new events as soon as they ask.
 
@@ -200,7 +202,9 @@ class Subscription:
                 cursor = self._cursor
                 waiting = len(log) - cursor
                 if waiting:
-                    if waiting <= self._maxsize:
+                    # Only events of earlier wake-up rounds count against max_queue: a round the fan-out
+                    # budget held back arrives all at once, and that is the hub's delay, not ours.
+                    if self._stream._overdue_mark - cursor <= self._maxsize:
                         event = log[cursor]
                         self._cursor = cursor + 1
                         self.last_seq = event.seq
@@ -246,7 +250,7 @@ class Subscription:
                     return event
                 self._detach()
                 raise StopAsyncIteration
-            if len(self._set_aside) + len(self._log) - self._cursor > self._maxsize:
+            if len(self._set_aside) + max(0, self._stream._overdue_mark - self._cursor) > self._maxsize:
                 self._apply_overflow_policy()
                 continue
             if self._set_aside:
@@ -500,6 +504,11 @@ class Stream:
         self._history: list[Event] = []  # every event but provisionals: what subscribers replay
         self._history_seqs: list[int] = []
         self._log: list[Event] = []  # every event: what live subscribers read, each at its own cursor
+        # len(self._log) at the last wake-up round, and what max_queue is measured against: the same
+        # without a fan-out budget; with one, the length at the round before, since a held-back round
+        # arrives all at once and a subscriber is only late with what it left unread of earlier rounds.
+        self._released = 0
+        self._overdue_mark = 0
         self._waiters: list[asyncio.Future[None]] = []  # one per subscriber waiting for the log to grow
         self._last_seq = -1
         self._subs: weakref.WeakSet[Subscription] = weakref.WeakSet()
@@ -675,6 +684,7 @@ class Stream:
         """New events are in the log: wake the waiting subscribers now, or when the fan-out budget allows."""
         share = self._hub.fanout_share
         if share is None:
+            self._overdue_mark = self._released = len(self._log)  # no budget: every event counts at once
             self._wake_waiters()
         elif self._measuring_round:
             self._round_wanted = True  # decided once the running round's cost is known
@@ -688,6 +698,7 @@ class Stream:
     def _budgeted_round(self) -> None:
         """Wake the waiting subscribers and measure what that costs the loop (their first steps included)."""
         self._round_timer = None
+        self._overdue_mark, self._released = self._released, len(self._log)
         if not self._waiters:
             return
         self._measuring_round = True

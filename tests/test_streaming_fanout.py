@@ -10,7 +10,7 @@ from _streaming_fixtures import WrappedDrafter, byte_level_tokenizer, run, strea
 
 from drafts import NGramDrafter
 from specdec import InvalidArgumentError, SpeculativeGenerator
-from streaming import CommitEvent, EndEvent, ProvisionalEvent, StartEvent, StreamHub
+from streaming import CommitEvent, EndEvent, ErrorEvent, ProvisionalEvent, StartEvent, StreamHub
 
 PROMPT = "the lazy dog héllo wörld 日本語 the lazy dog"
 
@@ -198,3 +198,31 @@ def test_fanout_budget_holds_rounds_back_but_loses_nothing(tok, model, prompt_id
     # Rounds were held back: on average a subscriber read more than two events per wake-up.
     assert sum(reads_per_wake) == sum(len(events) for events in results)
     assert len(reads_per_wake) < sum(reads_per_wake) / 2
+
+
+def test_events_held_back_by_the_budget_do_not_count_against_max_queue(tok, model, prompt_ids):
+    """A subscriber that reads as fast as it is woken is never a slow consumer, however long a round is held."""
+
+    class PacedDrafter(WrappedDrafter):
+        def propose(self, max_tokens):
+            time.sleep(0.004)
+            return super().propose(max_tokens)
+
+    gen = SpeculativeGenerator(model, PacedDrafter(NGramDrafter(num_draft_tokens=4)))
+
+    async def main():
+        hub = StreamHub(fanout_share=1e-4, fanout_max_delay_s=0.2, max_queue=8, overflow="close")
+        stream = hub.start(gen, prompt_ids, tokenizer=tok, max_new_tokens=60)
+
+        async def read_all():
+            return [event async for event in stream.subscribe()]
+
+        tasks = [asyncio.create_task(read_all()) for _ in range(5)]
+        out = await stream.result()
+        return out, await asyncio.gather(*tasks)
+
+    out, results = run(main())
+    for events in results:
+        assert not any(isinstance(e, ErrorEvent) for e in events)
+        assert isinstance(events[-1], EndEvent)
+        assert [t for e in events if isinstance(e, CommitEvent) for t in e.token_ids] == _completion(out, prompt_ids)
