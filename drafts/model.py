@@ -45,7 +45,6 @@ class ModelDrafter:
         self.vocab_size: int | None = self.model_adapter.vocab_size
         self._context: DraftContext | None = None
         self._committed: list[int] = []
-        self._cached_after_propose = 0  # cache length right after the last propose
         self._generator: torch.Generator | None = None
 
     def begin(self, context: DraftContext) -> None:
@@ -75,15 +74,16 @@ class ModelDrafter:
         stop_below = self.min_prefix_confidence if context.adaptive else 0.0
         prefix_confidence = 1.0
         for i in range(k):
+            may_stop = stop_below > 0.0 and i + 1 < k  # after the last token there is nothing left to spare
             if shaper.do_sample:
                 p = shaper.probs(history, logits)
                 token = torch.multinomial(p, 1, generator=self._generator)[0]
                 probs.append(p)
-                confidence = p[0, token] if stop_below else None
+                confidence = p[0, token] if may_stop else None
             else:
                 scores = shaper.scores(history, logits)
                 token = scores.argmax(dim=-1)
-                confidence = torch.softmax(scores[0].float(), dim=-1)[token] if stop_below else None
+                confidence = torch.softmax(scores[0].float(), dim=-1)[token] if may_stop else None
             tokens.append(token)
             if confidence is not None:
                 prefix_confidence *= float(confidence)  # one host sync per draft token, only in "auto" mode
@@ -93,7 +93,6 @@ class ModelDrafter:
                 logits = adapter.forward(token)
                 if shaper.reads_history:
                     history = torch.cat([history, token])
-        self._cached_after_propose = adapter.length
         return DraftBlock(
             token_ids=torch.cat(tokens),
             draft_probs=torch.cat(probs) if probs else None,
