@@ -102,15 +102,16 @@ class LocalMosquitto:
     def start(self, timeout_s: float = 10.0) -> "LocalMosquitto":
         if self.running:
             return self
-        self._proc = subprocess.Popen(
-            [self.binary, "-c", str(self.config_path)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
+        # stderr goes to a file, not a pipe: a config that logs to stderr must never fill a pipe nobody reads.
+        stderr_path = self._dir / "stderr.log"
+        with stderr_path.open("ab") as stderr:
+            self._proc = subprocess.Popen(
+                [self.binary, "-c", str(self.config_path)], stdout=subprocess.DEVNULL, stderr=stderr
+            )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
-                err = self._proc.stderr.read().decode(errors="replace") if self._proc.stderr else ""
+                err = stderr_path.read_text(errors="replace")[-2000:]
                 raise TransportError(f"mosquitto exited at start (code {self._proc.returncode}): {err.strip()}")
             try:
                 with socket.create_connection((self.host, self.port), timeout=0.2):
@@ -131,8 +132,6 @@ class LocalMosquitto:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        if proc.stderr is not None:
-            proc.stderr.close()
 
     def restart(self, down_s: float = 0.0) -> None:
         self.stop()

@@ -377,12 +377,14 @@ class Worker:
                 )
         finally:
             ws.finish()
-            with contextlib.suppress(asyncio.CancelledError):
-                await publisher
-            if guard is not None:
-                guard.cancel()  # clean DISCONNECT: the broker drops this stream's Will
+            try:
                 with contextlib.suppress(asyncio.CancelledError):
-                    await guard
+                    await publisher
+            finally:  # even if publishing failed: a guard left open would keep the stream's Will armed
+                if guard is not None:
+                    guard.cancel()  # clean DISCONNECT: the broker drops this stream's Will
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await guard
         self.counters["served"] += 1
 
     def _input_ids(self, request: GenerationRequest) -> list[int]:
