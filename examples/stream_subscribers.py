@@ -31,8 +31,10 @@ async def late(stream):
     async for event in stream.subscribe():
         seqs.append(event.seq)
         if isinstance(event, CommitEvent):
+            assert event.n_committed == len(tokens) + len(event.token_ids), "commits are continuous"
             tokens += event.token_ids
-    assert seqs == list(range(len(seqs))), "seq numbers are gap-free for every subscriber"
+    # Provisional events are never replayed, so a late joiner may see seq jump where drafts were.
+    assert seqs == sorted(set(seqs)), "seq numbers only go up"
     return tokens
 
 
