@@ -120,6 +120,10 @@ def _ema(old: float | None, new: float, weight: float) -> float:
     return new if old is None else old + weight * (new - old)
 
 
+def _clip_spike(estimate: float | None, sample: float, limit: float) -> float:
+    return sample if estimate is None else min(sample, limit * estimate)
+
+
 @dataclass
 class CostProfile:
     """Measured costs of one (target, drafter, device) combination, in seconds.
@@ -130,6 +134,11 @@ class CostProfile:
     """
 
     ema_weight: float = 0.15
+    #: A sample above ``spike_limit`` times the current estimate counts as that limit: on a shared
+    #: machine a step slowed by another process would otherwise inflate a length's cost, and the
+    #: controller would then stop choosing (and so re-measuring) that length. A lasting slowdown
+    #: still comes through, a bounded step at a time.
+    spike_limit: float = 1.5
     #: Extra verify cost per scored position, relative to one position, assumed until two lengths are seen.
     prior_verify_slope: float = 0.05
     draft_s: float | None = None
@@ -140,12 +149,14 @@ class CostProfile:
 
     def observe(self, num_drafted: int, draft_s: float, verify_s: float) -> None:
         if num_drafted > 0 and draft_s >= 0.0:
-            self.draft_s = _ema(self.draft_s, draft_s / num_drafted, self.ema_weight)
+            per_token = _clip_spike(self.draft_s, draft_s / num_drafted, self.spike_limit)
+            self.draft_s = _ema(self.draft_s, per_token, self.ema_weight)
         n = num_drafted + 1
         # The first samples of a length get a larger weight, so one outlier does not stick.
         count = self.step_count.get(n, 0) + 1
         self.step_count[n] = count
-        self.step_s[n] = _ema(self.step_s.get(n), verify_s, max(self.ema_weight, 1.0 / count))
+        sample = _clip_spike(self.step_s.get(n), verify_s, self.spike_limit) if count > 3 else verify_s
+        self.step_s[n] = _ema(self.step_s.get(n), sample, max(self.ema_weight, 1.0 / count))
 
     @property
     def measured(self) -> bool:

@@ -58,6 +58,20 @@ def test_cost_profile_interpolates_and_extrapolates():
     assert profile.step_cost(2) == pytest.approx(0.2 + 1.2)
 
 
+def test_cost_profile_bounds_what_one_slow_step_can_do():
+    """A step slowed 5x by another process moves the estimate by a bounded amount; a lasting change gets through."""
+    profile = CostProfile()
+    for _ in range(10):
+        profile.observe(3, 0.03, 0.100)
+    profile.observe(3, 0.15, 0.500)  # one spike, in drafting and in verifying
+    assert profile.verify_s(4) == pytest.approx(0.100 + profile.ema_weight * 0.050)
+    assert profile.draft_s == pytest.approx(0.010 + profile.ema_weight * 0.005)
+    for _ in range(40):  # the machine really became slower
+        profile.observe(3, 0.06, 0.200)
+    assert profile.verify_s(4) == pytest.approx(0.200, rel=0.02)
+    assert profile.draft_s == pytest.approx(0.020, rel=0.02)
+
+
 def _simulate(alpha: float, c: float, slope: float, steps: int = 200) -> AdaptiveDraftLength:
     """Feed the controller exact costs and outcomes drawn at a fixed alpha (seeded)."""
     import random
