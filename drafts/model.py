@@ -25,7 +25,9 @@ class ModelDrafter:
     distribution) falls below ``min_prefix_confidence``, sparing draft forwards
     and verify positions the target would most likely reject. Stopping depends
     only on the draft's own distribution, so the output stays exact.
-    ``min_prefix_confidence=0`` turns this off.
+    ``min_prefix_confidence=0`` turns this off. The controller's acceptance
+    estimate then covers only the positions proposed (the confident ones), so
+    it runs higher and its k acts as a cap that the drafter trims.
     """
 
     def __init__(
