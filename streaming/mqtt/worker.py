@@ -219,6 +219,8 @@ class Worker:
                         finally:
                             self._connected.clear()
                             self._transport = None
+                            for ws in self._streams.values():
+                                ws.changed.set()  # publishers on this connection stop waiting for it
                 except TransportError as exc:
                     log.warning("worker %s: broker connection lost (%s); reconnecting", self.worker_id, exc)
                 await asyncio.sleep(next(delays))
@@ -535,6 +537,10 @@ class Worker:
 
         try:
             while True:
+                if self._transport is not transport:
+                    # The connection went down. Its pending publishes may never complete (the client
+                    # does not fail them), so retry from the acknowledged prefix on the next one.
+                    return False
                 while issued < len(ws.entries) and len(inflight) < _PUBLISH_WINDOW:
                     future = asyncio.ensure_future(
                         transport.publish(topic, ws.entries[issued][1], qos=1, expiry_s=self.settings.event_expiry_s)
