@@ -51,6 +51,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
 def _draft_length(text: str) -> int | str:
     if text == "auto":
         return text
@@ -86,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--top-p", type=float, default=None)
     gen.add_argument("--top-k", type=int, default=None)
     gen.add_argument("--seed", type=int, default=None)
+    gen.add_argument(
+        "--repetition-penalty", type=_positive_float, default=None,
+        help="penalise tokens already in the sequence (HF's RepetitionPenaltyLogitsProcessor; e.g. 1.2)",
+    )  # fmt: skip
     gen.add_argument("--num-draft-tokens", type=_draft_length, default=None, help="draft tokens per step, or 'auto'")
     chat = gen.add_mutually_exclusive_group()
     chat.add_argument("--chat", dest="chat", action="store_true", default=None, help="apply the chat template")
@@ -141,6 +155,10 @@ def _generate_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         kwargs.update(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k)
     if args.num_draft_tokens is not None:
         kwargs["num_draft_tokens"] = args.num_draft_tokens
+    if args.repetition_penalty is not None and args.repetition_penalty != 1.0:
+        from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor
+
+        kwargs["logits_processor"] = LogitsProcessorList([RepetitionPenaltyLogitsProcessor(args.repetition_penalty)])
     return kwargs
 
 
