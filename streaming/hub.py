@@ -65,11 +65,12 @@ sooner than ``cost / fanout_share`` after this one began, and never more than
 ``fanout_max_delay_s`` (default 50 ms) after; events that land in between wait
 in the log and go out together in the next round. With few subscribers a round
 costs microseconds and nothing changes; with a thousand it trades latency (up to
-``fanout_max_delay_s``) for generation speed. Events a held-back round
-delivers at once do not count against ``max_queue``: only what a subscriber
-left unread of earlier rounds does. It only amortizes the per-wake-up cost: each subscriber still spends its own
-time on each event it reads, which no batching removes. Subscribers
-that are not waiting still read new events as soon as they ask.
+``fanout_max_delay_s``) for generation speed. Events a held-back round delivers
+at once do not count against ``max_queue``: only what a subscriber left unread
+of earlier rounds does. The budget only amortizes the per-wake-up cost: each
+subscriber still spends its own time on each event it reads, which no batching
+removes. Subscribers that are not waiting still read new events as soon as they
+ask.
 
 A ``slow_consumer`` error concerns one subscriber, not the stream: it has
 ``seq == -1``, is never stored or replayed, and other subscribers never see it.

@@ -159,7 +159,9 @@ def test_a_useless_expensive_drafter_is_switched_off():
 def _context(prompt, adaptive):
     from specdec import DraftContext, LogitsShaper
 
-    return DraftContext(prompt_ids=prompt[0], shaper=LogitsShaper(), vocab_size=128, seed=0, max_new_tokens=16, adaptive=adaptive)
+    return DraftContext(
+        prompt_ids=prompt[0], shaper=LogitsShaper(), vocab_size=128, seed=0, max_new_tokens=16, adaptive=adaptive
+    )
 
 
 def test_model_drafter_stops_early_only_under_auto(tiny):

@@ -25,7 +25,8 @@ def test_greedy_by_default_and_sampling_with_a_temperature():
     kwargs = _generate_kwargs(parse())
     assert kwargs["do_sample"] is False and "logits_processor" not in kwargs and "temperature" not in kwargs
     kwargs = _generate_kwargs(parse("--temperature", "0.7", "--top-p", "0.9", "--seed", "3"))
-    assert kwargs["do_sample"] is True and kwargs["temperature"] == 0.7 and kwargs["top_p"] == 0.9 and kwargs["seed"] == 3
+    assert kwargs["do_sample"] is True and kwargs["seed"] == 3
+    assert kwargs["temperature"] == 0.7 and kwargs["top_p"] == 0.9
 
 
 def test_repetition_penalty_output_equals_hf_generate(tiny_lm, prompt):
@@ -38,6 +39,8 @@ def test_repetition_penalty_output_equals_hf_generate(tiny_lm, prompt):
             input_ids, attention_mask=torch.ones_like(input_ids), do_sample=False, max_new_tokens=24,
             repetition_penalty=1.3,
         )  # fmt: skip
-        plain = target.generate(input_ids, attention_mask=torch.ones_like(input_ids), do_sample=False, max_new_tokens=24)
+        plain = target.generate(
+            input_ids, attention_mask=torch.ones_like(input_ids), do_sample=False, max_new_tokens=24
+        )
     assert torch.equal(out.sequences, reference)
     assert not torch.equal(reference, plain)  # the penalty changed the output, so the check means something

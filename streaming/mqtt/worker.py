@@ -523,7 +523,7 @@ class Worker:
 
         ``ws.published`` advances over the acknowledged prefix. Returns True once
         the stream is finished and all of it acknowledged, False when a publish
-        failed (the caller retries from ``ws.published`` on the next connection;
+        failed or the connection went down (the caller retries from ``ws.published`` on the next connection;
         entries after it may reach subscribers twice, which QoS 1 allows).
         A new entry is handed to the transport without waiting for earlier
         acknowledgements, so an event's latency is one broker hop, not the
