@@ -45,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--draft-layers", type=int, default=2)
     parser.add_argument("--draft-intermediate", type=int, default=256)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--no-hf", action="store_true", help="skip HF assisted generation")
+    parser.add_argument("--no-auto", action="store_true", help="skip num_draft_tokens='auto'")
     parser.add_argument("--out-dir", default=str(ROOT / "docs"))
     parser.add_argument("--time-budget-s", type=float, default=570.0)
     args = parser.parse_args(argv)

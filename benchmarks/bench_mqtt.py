@@ -77,10 +77,14 @@ class MosquittoSubGroup:
         if binary is None:
             raise SystemExit("mosquitto_sub is not installed (Debian/Ubuntu: apt-get install mosquitto-clients)")
         command = [binary, "-h", host, "-p", str(port), "-V", "mqttv5", "-q", "1", "-t", topic, "-F", "%U %p"]
-        self.procs = []
-        for path in self.paths:
-            with open(path, "wb") as out:
-                self.procs.append(subprocess.Popen(command, stdout=out, stderr=subprocess.DEVNULL))
+        self.procs: list[subprocess.Popen] = []
+        try:
+            for path in self.paths:
+                with open(path, "wb") as out:
+                    self.procs.append(subprocess.Popen(command, stdout=out, stderr=subprocess.DEVNULL))
+        except BaseException:  # e.g. out of processes: stop the ones already running
+            self.close()
+            raise
 
     def _all_contain(self, needle: bytes) -> bool:
         for path in self.paths:

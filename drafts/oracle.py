@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import random
-
 import torch
 
 from specdec import CausalLMAdapter, DraftBlock, DraftContext, InvalidArgumentError
+from specdec.oracle import oracle_token
 
 __all__ = ["OracleDrafter"]
 
@@ -18,8 +17,10 @@ class OracleDrafter:
     the target would produce (for greedy decoding, its ``generate`` output). At
     each position the drafter proposes the reference token with probability
     ``acceptance`` and a different token otherwise, so with greedy decoding the
-    per-token acceptance rate is ``acceptance``. The draws come from ``seed``
-    alone, so runs repeat exactly. Past the end of the reference it proposes nothing.
+    per-token acceptance rate is ``acceptance``. The draw at a position depends
+    on ``(seed, position)`` alone (:func:`specdec.oracle.oracle_token`), so runs
+    repeat exactly and every draft length meets the same right/wrong pattern.
+    Past the end of the reference it proposes nothing.
 
     ``cost_model`` (optional, any HF causal LM) makes drafting cost what a real
     draft model costs: it runs like a draft model with its own KV cache (one
@@ -51,7 +52,6 @@ class OracleDrafter:
         self.acceptance = float(acceptance)
         self.seed = seed
         self.default_num_draft_tokens = num_draft_tokens
-        self._rng = random.Random(seed)
         self._position = 0
         self._vocab_size = 0
         self._cost = CausalLMAdapter(cost_model) if cost_model is not None else None
@@ -61,7 +61,6 @@ class OracleDrafter:
         prompt = context.prompt_ids.tolist()
         if self.reference[: len(prompt)] != prompt:
             raise InvalidArgumentError("reference_ids must start with the prompt")
-        self._rng = random.Random(self.seed)
         self._position = len(prompt)
         self._vocab_size = context.vocab_size
         self._committed = len(prompt)
@@ -71,11 +70,7 @@ class OracleDrafter:
     def propose(self, max_tokens: int) -> DraftBlock:
         proposal = []
         for position in range(self._position, min(self._position + max_tokens, len(self.reference))):
-            right = self.reference[position]
-            if self._rng.random() < self.acceptance:
-                proposal.append(right)
-            else:
-                proposal.append((right + 1 + self._rng.randrange(self._vocab_size - 1)) % self._vocab_size)
+            proposal.append(oracle_token(self.reference, position, self.acceptance, self.seed, self._vocab_size))
         if self._cost is not None and proposal:
             self._pay_draft_cost(proposal)
         return DraftBlock(torch.tensor(proposal, dtype=torch.long))

@@ -41,6 +41,7 @@ Worked example: alpha = 0.8, c = 0.05 and v(k) = 1 + 0.1 k give
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass, field
 
 __all__ = [
@@ -116,12 +117,10 @@ class AcceptanceEstimate:
         return a / (a + b)
 
 
-def _ema(old: float | None, new: float, weight: float) -> float:
-    return new if old is None else old + weight * (new - old)
-
-
-def _clip_spike(estimate: float | None, sample: float, limit: float) -> float:
-    return sample if estimate is None else min(sample, limit * estimate)
+def _median(values: deque[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else 0.5 * (ordered[mid - 1] + ordered[mid])
 
 
 @dataclass
@@ -130,33 +129,40 @@ class CostProfile:
 
     ``draft_s``: draft time per proposed token. ``step_s[n]``: the rest of a
     step (verify pass over ``n`` positions, acceptance, rollback, bookkeeping)
-    when ``n - 1`` tokens were drafted. Both are exponential moving averages.
+    when ``n - 1`` tokens were drafted. Each is the median of the last
+    ``window`` samples: on a shared machine a step slowed by another process
+    moves a median not at all, while a lasting change of speed takes over once
+    it fills half the window. (An average would let one such step price a
+    length out of use, and the controller would then never re-measure it.)
     """
 
-    ema_weight: float = 0.15
-    #: A sample above ``spike_limit`` times the current estimate counts as that limit: on a shared
-    #: machine a step slowed by another process would otherwise inflate a length's cost, and the
-    #: controller would then stop choosing (and so re-measuring) that length. A lasting slowdown
-    #: still comes through, a bounded step at a time.
-    spike_limit: float = 1.5
+    window: int = 15
     #: Extra verify cost per scored position, relative to one position, assumed until two lengths are seen.
     prior_verify_slope: float = 0.05
     draft_s: float | None = None
-    step_s: dict[int, float] = field(default_factory=dict)
+    draft_samples: deque[float] = field(default_factory=deque)
+    step_samples: dict[int, deque[float]] = field(default_factory=dict)
     step_count: dict[int, int] = field(default_factory=dict)
+    step_s: dict[int, float] = field(default_factory=dict)
     alpha_sum: float = 0.0  # acceptance over past requests, for the next request's prior
     alpha_requests: int = 0
 
+    def __post_init__(self) -> None:
+        if self.window < 1:
+            raise ValueError(f"window must be >= 1, got {self.window}")
+
+    def _push(self, samples: deque[float], value: float) -> float:
+        samples.append(value)
+        while len(samples) > self.window:
+            samples.popleft()
+        return _median(samples)
+
     def observe(self, num_drafted: int, draft_s: float, verify_s: float) -> None:
         if num_drafted > 0 and draft_s >= 0.0:
-            per_token = _clip_spike(self.draft_s, draft_s / num_drafted, self.spike_limit)
-            self.draft_s = _ema(self.draft_s, per_token, self.ema_weight)
+            self.draft_s = self._push(self.draft_samples, draft_s / num_drafted)
         n = num_drafted + 1
-        # The first samples of a length get a larger weight, so one outlier does not stick.
-        count = self.step_count.get(n, 0) + 1
-        self.step_count[n] = count
-        sample = _clip_spike(self.step_s.get(n), verify_s, self.spike_limit) if count > 3 else verify_s
-        self.step_s[n] = _ema(self.step_s.get(n), sample, max(self.ema_weight, 1.0 / count))
+        self.step_count[n] = self.step_count.get(n, 0) + 1
+        self.step_s[n] = self._push(self.step_samples.setdefault(n, deque()), verify_s)
 
     @property
     def measured(self) -> bool:

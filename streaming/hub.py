@@ -741,6 +741,9 @@ class Stream:
 
     def _expire(self) -> None:
         self._expire_handle = None
+        if self._round_timer is not None:
+            self._round_timer.cancel()
+            self._round_timer = None
         self._expired = True
         self._history = []
         self._history_seqs = []

@@ -24,7 +24,10 @@ from specdec.benchmark import (
     run_controlled,
     write_json,
 )
+from specdec.benchmark.controlled import draft_length_histogram
 from specdec.benchmark.harness import time_forward
+from specdec.benchmark.report import auto_summary, paired_ratio
+from specdec.types import SpecStats
 
 VOCAB = 256
 
@@ -88,11 +91,46 @@ def test_run_controlled_reports_every_cell_with_identical_tokens(target, draft, 
         if r["k"] != "auto":
             assert r["hf_same_tokens"] is True
             assert r["ideal_speedup"] > 0 and r["c"] > 0 and r["v"] > 0
+    for r in rows:
+        assert len(r["ours_round_s"]) == 1
+        if r["k"] == "auto":
+            assert sum(r["chosen_k_steps"].values()) > 0
     text = controlled_table(result)
-    assert "auto/best" in text
+    assert "auto/best" in text and "paired by round" in text and "ours/HF assisted, paired" in text
+    assert result["auto_summary"]["worst_auto_over_best_fixed_paired"] > 0
     write_json(result, tmp_path / "c.json")
     assert json.loads((tmp_path / "c.json").read_text())["rows"]
     assert plot_controlled(result, tmp_path / "c.png").stat().st_size > 1000
+
+
+def test_paired_ratio_is_the_median_of_per_round_ratios():
+    # Round 2 was slow for the first system only: the paired median ignores it, a ratio of medians would not.
+    assert paired_ratio([1.0, 5.0, 1.2], [0.5, 0.5, 0.6]) == pytest.approx(2.0)
+    assert paired_ratio([1.0, 2.0], [1.0, 1.0]) == pytest.approx(1.5)
+    assert paired_ratio([], [1.0]) is None and paired_ratio(None, [1.0]) is None
+
+
+def test_auto_summary_picks_the_best_fixed_k_per_alpha_and_pairs_rounds():
+    rows = []
+    for alpha, speeds in ((0.5, {2: 1.0, 4: 0.9, "auto": 0.99}), (0.9, {2: 1.5, 4: 2.0, "auto": 1.9})):
+        for k, speed in speeds.items():
+            rows.append({"alpha": alpha, "k": k, "ours_speedup": speed, "ours_round_s": [1 / speed, 1 / speed]})
+    result = {"rows": rows}
+    text = auto_summary(result)
+    assert "alpha=0.5: auto 0.99  best fixed k=2 1.00  auto/best 0.990  paired by round 0.990" in text
+    assert "alpha=0.9: auto 1.90  best fixed k=4 2.00  auto/best 0.950" in text
+    summary = result["auto_summary"]
+    assert summary["best_single_fixed_k"] == 4  # mean 1.45 against 1.25
+    assert summary["mean_auto_speedup"] == pytest.approx(1.445)
+    assert summary["worst_auto_over_best_fixed"] == pytest.approx(0.95)
+    assert summary["worst_auto_over_best_fixed_paired"] == pytest.approx(0.95)
+
+
+def test_draft_length_histogram_counts_steps_per_k():
+    stats = SpecStats()
+    for drafted, accepted in [(0, 0), (3, 1), (3, 3), (5, 2), (1, 0)]:
+        stats.record_step(drafted, accepted)
+    assert draft_length_histogram(stats) == {0: 1, 1: 1, 3: 2, 5: 1}
 
 
 def test_time_forward_rolls_back(target):

@@ -74,6 +74,23 @@ def test_proposals_are_right_or_certainly_wrong():
     assert abs(right / 600 - 0.5) < 0.08
 
 
+def test_the_draw_at_a_position_does_not_depend_on_the_draft_length():
+    """Every k (and auto) meets the same right/wrong pattern: a comparison of draft lengths is not a comparison of luck."""
+    reference = torch.arange(3, 63)
+    by_k = {}
+    for k in (1, 3, 7):
+        drafter = OracleDrafter(reference, 0.6, seed=4)
+        _begin(drafter, [3, 4])
+        tokens = []
+        while len(tokens) < 40:
+            block = drafter.propose(k).token_ids.tolist()
+            tokens += block
+            drafter.update(block, num_accepted=len(block))
+        by_k[k] = tokens[:40]
+    assert by_k[1] == by_k[3] == by_k[7]
+    assert 0 < sum(t == int(r) for t, r in zip(by_k[1], reference[2:])) < 40
+
+
 def test_same_seed_same_proposals_and_past_the_end_nothing():
     reference = torch.arange(3, 13)
     proposals = []

@@ -26,7 +26,7 @@ from ..generator import SpeculativeGenerator
 from .harness import device_sync, interleave, median, time_forward
 from .oracle_assistant import configure_assistant, configure_oracle
 
-__all__ = ["run_controlled", "conditional_acceptance"]
+__all__ = ["run_controlled", "conditional_acceptance", "draft_length_histogram"]
 
 
 def conditional_acceptance(stats) -> float:
@@ -38,6 +38,15 @@ def conditional_acceptance(stats) -> float:
     accepted, drafted = stats.accepted_per_position, stats.drafted_per_position
     tested = sum(min(accepted[i - 1], drafted[i]) if i else drafted[0] for i in range(len(drafted)))
     return sum(accepted) / tested if tested else 0.0
+
+
+def draft_length_histogram(stats) -> dict[int, int]:
+    """How many steps drafted exactly k tokens, for each k seen (from the per-position counts)."""
+    drafted = list(stats.drafted_per_position) + [0]
+    histogram = {0: stats.steps - (drafted[0] if len(drafted) > 1 else 0)}
+    for k in range(1, len(drafted)):
+        histogram[k] = drafted[k - 1] - drafted[k]
+    return {k: n for k, n in histogram.items() if n}
 
 
 def _target_alone(target, prompt: torch.Tensor, max_new_tokens: int) -> Callable[[], torch.Tensor]:
@@ -152,6 +161,7 @@ def run_controlled(
                 "alpha": alpha,
                 "k": k,
                 "ours_s": seconds,
+                "ours_round_s": list(timings.seconds.get(name, [])),
                 "ours_speedup": baseline_s / seconds if seconds == seconds else None,
                 "ours_tokens_per_s": new_tokens / seconds if seconds == seconds else None,
                 "ours_same_tokens": bool(torch.equal(outputs[name].cpu(), reference.cpu())) if name in outputs else None,
@@ -171,6 +181,8 @@ def run_controlled(
                 if row["ours_speedup"] is not None:
                     row["efficiency"] = row["ours_speedup"] / row["ideal_speedup"]
             else:
+                if stats is not None:
+                    row["chosen_k_steps"] = draft_length_histogram(stats)
                 row["chosen_k_profile"] = {
                     "c": ours[name][0].draft_costs.c(),
                     "v": {kk: ours[name][0].draft_costs.v(kk) for kk in range(1, max(ks) + 1)},
@@ -179,6 +191,7 @@ def run_controlled(
             if include_hf and k != "auto":
                 hf_seconds = timings.median(hf_name)
                 row["hf_s"] = hf_seconds
+                row["hf_round_s"] = list(timings.seconds.get(hf_name, []))
                 row["hf_speedup"] = baseline_s / hf_seconds if hf_seconds == hf_seconds else None
                 row["hf_same_tokens"] = bool(torch.equal(outputs[hf_name].cpu(), reference.cpu())) if hf_name in outputs else None
                 row["hf_tokens_per_verify"] = new_tokens / hf_verifies[hf_name] if hf_verifies.get(hf_name) else None

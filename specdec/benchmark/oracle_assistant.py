@@ -12,10 +12,11 @@ see the same acceptance rate.
 from __future__ import annotations
 
 import inspect
-import random
 from typing import Any
 
 import torch
+
+from ..oracle import oracle_token
 
 __all__ = ["oracle_model_class", "configure_oracle", "configure_assistant"]
 
@@ -33,7 +34,7 @@ def oracle_model_class(base: type) -> type:
         outputs = base.forward(self, input_ids=input_ids, **kwargs)
         oracle = getattr(self, "_oracle", None)
         if oracle is not None and input_ids is not None:
-            reference, alpha, rng = oracle
+            reference, alpha, seed = oracle
             # Index of the token this forward predicts. Inside ``generate`` count from the length of the
             # sequence it was given: HF assisted generation may re-feed a prefix whose cache it cropped,
             # so the cache length alone is not the position.
@@ -41,11 +42,7 @@ def oracle_model_class(base: type) -> type:
             if self._oracle_next is not None:
                 self._oracle_next += 1
             vocab = outputs.logits.shape[-1]
-            right = reference[position] if position < len(reference) else 0
-            if rng.random() < alpha:
-                token = right
-            else:
-                token = (right + 1 + rng.randrange(vocab - 1)) % vocab
+            token = oracle_token(reference, position, alpha, seed, vocab)
             self.oracle_proposed += 1
             last = outputs.logits[:, -1, :]
             last.fill_(-1e4)
@@ -70,7 +67,7 @@ def oracle_model_class(base: type) -> type:
 
 def configure_oracle(model: torch.nn.Module, reference_ids: list[int] | None, alpha: float = 1.0, seed: int = 0) -> None:
     """Point an oracle model at a reference (prompt + continuation), or turn the oracle off with ``None``."""
-    model._oracle = None if reference_ids is None else (list(reference_ids), float(alpha), random.Random(seed))
+    model._oracle = None if reference_ids is None else (list(reference_ids), float(alpha), seed)
     model.oracle_proposed = 0
 
 
