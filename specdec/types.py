@@ -64,6 +64,7 @@ class SpecStats:
     target_forwards: int = 0  # every target forward, the prefill included
     drafted: int = 0  # draft tokens proposed
     accepted: int = 0  # draft tokens accepted
+    tested: int = 0  # draft tokens the target judged: those after a step's first rejection never are
     accepted_per_position: list[int] = field(default_factory=list)  # [k_max]: accepted at draft position i
     drafted_per_position: list[int] = field(default_factory=list)  # [k_max]: proposed at draft position i
     wall_time_s: float = 0.0
@@ -72,6 +73,15 @@ class SpecStats:
     def acceptance_rate(self) -> float:
         """Accepted draft tokens over proposed draft tokens (0.0 when nothing was drafted)."""
         return self.accepted / self.drafted if self.drafted else 0.0
+
+    @property
+    def conditional_acceptance(self) -> float:
+        """Accepted over tested draft tokens: the per-token alpha of Leviathan et al. (0.0 when nothing was tested).
+
+        Lower than 1 only through rejections, whereas ``acceptance_rate`` also
+        counts the untested drafts after a rejection as failures.
+        """
+        return self.accepted / self.tested if self.tested else 0.0
 
     @property
     def mean_accepted_per_step(self) -> float:
@@ -87,6 +97,7 @@ class SpecStats:
         self.target_forwards += 1
         self.drafted += num_drafted
         self.accepted += num_accepted
+        self.tested += min(num_accepted + 1, num_drafted)
         grow = num_drafted - len(self.drafted_per_position)
         if grow > 0:
             self.drafted_per_position.extend([0] * grow)
@@ -104,7 +115,9 @@ class SpecStats:
             "target_forwards": self.target_forwards,
             "drafted": self.drafted,
             "accepted": self.accepted,
+            "tested": self.tested,
             "acceptance_rate": self.acceptance_rate,
+            "conditional_acceptance": self.conditional_acceptance,
             "mean_accepted_per_step": self.mean_accepted_per_step,
             "accepted_per_position": list(self.accepted_per_position),
             "drafted_per_position": list(self.drafted_per_position),

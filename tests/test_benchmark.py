@@ -97,6 +97,7 @@ def test_run_controlled_reports_every_cell_with_identical_tokens(target, draft, 
             assert sum(r["chosen_k_steps"].values()) > 0
     text = controlled_table(result)
     assert "auto/best" in text and "paired by round" in text and "ours/HF assisted, paired" in text
+    assert "HF's efficiency caps ours/HF" in text and result["ours_over_hf_ceiling"]["mean"] > 0
     assert result["auto_summary"]["worst_auto_over_best_fixed_paired"] > 0
     write_json(result, tmp_path / "c.json")
     assert json.loads((tmp_path / "c.json").read_text())["rows"]
@@ -131,6 +132,18 @@ def test_draft_length_histogram_counts_steps_per_k():
     for drafted, accepted in [(0, 0), (3, 1), (3, 3), (5, 2), (1, 0)]:
         stats.record_step(drafted, accepted)
     assert draft_length_histogram(stats) == {0: 1, 1: 1, 3: 2, 5: 1}
+
+
+def test_conditional_acceptance_counts_tested_drafts_only_with_mixed_k():
+    stats = SpecStats()
+    stats.record_step(1, 1)  # tested 1, accepted 1
+    stats.record_step(3, 0)  # the first draft rejected: 1 tested, 2 never judged
+    stats.record_step(2, 2)  # tested 2, accepted 2
+    stats.record_step(0, 0)  # nothing drafted
+    assert stats.tested == 4
+    assert stats.conditional_acceptance == pytest.approx(3 / 4)
+    assert stats.acceptance_rate == pytest.approx(3 / 6)
+    assert SpecStats().conditional_acceptance == 0.0
 
 
 def test_time_forward_rolls_back(target):

@@ -30,14 +30,12 @@ __all__ = ["run_controlled", "conditional_acceptance", "draft_length_histogram"]
 
 
 def conditional_acceptance(stats) -> float:
-    """alpha as the formula means it: accepted / tested draft positions.
+    """alpha as the formula means it: accepted / tested draft positions (:attr:`SpecStats.conditional_acceptance`).
 
     A position is tested only when every draft before it was accepted, so the
     plain ``stats.acceptance_rate`` (accepted / proposed) underestimates alpha.
     """
-    accepted, drafted = stats.accepted_per_position, stats.drafted_per_position
-    tested = sum(min(accepted[i - 1], drafted[i]) if i else drafted[0] for i in range(len(drafted)))
-    return sum(accepted) / tested if tested else 0.0
+    return stats.conditional_acceptance
 
 
 def draft_length_histogram(stats) -> dict[int, int]:
@@ -197,6 +195,10 @@ def run_controlled(
                 row["hf_tokens_per_verify"] = new_tokens / hf_verifies[hf_name] if hf_verifies.get(hf_name) else None
                 if row["ours_speedup"] and row["hf_speedup"]:
                     row["ours_over_hf"] = row["ours_speedup"] / row["hf_speedup"]
+                if row["hf_speedup"] and row.get("ideal_speedup"):
+                    # Both systems run the same forward passes, so a loop with no overhead at all could be
+                    # at most 1 / hf_efficiency times as fast as HF here.
+                    row["hf_efficiency"] = row["hf_speedup"] / row["ideal_speedup"]
             results.append(row)
     return {
         "workload": "controlled",

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-__all__ = ["controlled_table", "real_table", "auto_summary", "paired_ratio", "write_json", "plot_controlled"]
+__all__ = ["controlled_table", "real_table", "auto_summary", "hf_summary", "paired_ratio", "write_json", "plot_controlled"]
 
 
 def _f(value: Any, digits: int = 2) -> str:
@@ -50,7 +50,8 @@ def controlled_table(result: dict) -> str:
         f"{result.get('dtype', '?')} on {result.get('device', '?')}; {result['new_tokens']} new tokens; "
         f"target alone {result['baseline_tokens_per_s']:.1f} tok/s; speedups over the target alone"
     )
-    return head + "\n" + _table(header, rows) + "\n" + auto_summary(result)
+    summaries = [text for text in (auto_summary(result), hf_summary(result)) if text]
+    return "\n".join([head, _table(header, rows), *summaries])
 
 
 def paired_ratio(slow_s: list[float] | None, fast_s: list[float] | None) -> float | None:
@@ -112,6 +113,13 @@ def auto_summary(result: dict) -> str:
         "worst_auto_over_best_fixed": worst_ratio,
         "worst_auto_over_best_fixed_paired": worst_paired if worst_paired != float("inf") else None,
     }
+    return "\n".join(lines)
+
+
+def hf_summary(result: dict) -> str:
+    """Ours against HF assisted generation: paired by round, and the most any loop could gain over HF here."""
+    rows = result["rows"]
+    lines = []
     hf = [paired_ratio(r.get("hf_round_s"), r.get("ours_round_s")) for r in rows if r.get("hf_round_s")]
     hf = [x for x in hf if x is not None]
     if hf:
@@ -119,6 +127,13 @@ def auto_summary(result: dict) -> str:
             f"ours/HF assisted, paired by round: {min(hf):.3f}-{max(hf):.3f}, mean {sum(hf) / len(hf):.3f}"
         )
         result["ours_over_hf_paired"] = {"min": min(hf), "max": max(hf), "mean": sum(hf) / len(hf)}
+    ceiling = [1.0 / r["hf_efficiency"] for r in rows if r.get("hf_efficiency")]
+    if ceiling:
+        lines.append(
+            f"HF's efficiency caps ours/HF: a loop with no overhead would be {min(ceiling):.2f}-{max(ceiling):.2f}x HF,"
+            f" mean {sum(ceiling) / len(ceiling):.2f}x"
+        )
+        result["ours_over_hf_ceiling"] = {"min": min(ceiling), "max": max(ceiling), "mean": sum(ceiling) / len(ceiling)}
     return "\n".join(lines)
 
 
