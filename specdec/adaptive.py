@@ -105,8 +105,8 @@ class AcceptanceEstimate:
     rejected: float = 0.0
 
     def observe(self, num_drafted: int, num_accepted: int) -> None:
-        if num_drafted <= 0:
-            return
+        # Every step fades the evidence, a step without drafts too: once the controller stops drafting,
+        # alpha drifts back to its prior, and drafting is tried again if the prior says it may pay.
         self.accepted = self.accepted * self.forget + num_accepted
         self.rejected = self.rejected * self.forget + (1.0 if num_accepted < num_drafted else 0.0)
 

@@ -46,6 +46,17 @@ def test_acceptance_estimate_counts_the_first_rejection_only():
     assert est.alpha == pytest.approx((1 + 5) / (2 + 6))
 
 
+def test_acceptance_estimate_drifts_back_to_its_prior_while_nothing_is_drafted():
+    est = AcceptanceEstimate(prior_mean=0.6, prior_strength=4.0, forget=0.9)
+    for _ in range(10):
+        est.observe(4, 0)  # every first draft rejected
+    low = est.alpha
+    assert low < 0.3
+    for _ in range(60):
+        est.observe(0, 0)  # the controller stopped drafting: no evidence, but the old evidence fades
+    assert low < est.alpha == pytest.approx(0.6, abs=0.02)
+
+
 def test_cost_profile_interpolates_and_extrapolates():
     profile = CostProfile()
     profile.observe(0, 0.0, 1.0)  # n = 1
