@@ -108,8 +108,22 @@ def random_llama(
     device: torch.device | str = "cpu",
     seed: int = 0,
     model_class: type | None = None,
+    tie_embeddings: bool = False,
+    residual_scale: float = 1.0,
 ):
-    """A Llama-shaped causal LM with random weights, built directly on ``device`` (no hub)."""
+    """A Llama-shaped causal LM with random weights, built directly on ``device`` (no hub).
+
+    ``tie_embeddings=True`` shares the output projection with the input
+    embedding, and ``residual_scale`` multiplies every layer's output
+    projections (attention ``o_proj``, MLP ``down_proj``). With both (say 0.01),
+    the residual stream stays close to the input token's embedding at any
+    depth and the model predicts that token again, by a margin far above
+    bfloat16 rounding. Compute and timings are unchanged. Without them a
+    random model's top logits are so close that in bfloat16 a forward over
+    k + 1 positions and ``generate``'s one-position steps pick different
+    tokens, so a greedy reference stops being the target's choice within a
+    few tokens (see ``benchmarks/gpu_sweep.py``).
+    """
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
@@ -120,7 +134,7 @@ def random_llama(
         num_attention_heads=num_heads,
         num_key_value_heads=num_kv_heads or num_heads,
         max_position_embeddings=max_positions,
-        tie_word_embeddings=False,
+        tie_word_embeddings=tie_embeddings,
     )
     cls = model_class or LlamaForCausalLM
     torch.manual_seed(seed)
@@ -131,6 +145,11 @@ def random_llama(
             model = cls(config)
     finally:
         torch.set_default_dtype(previous)
+    if residual_scale != 1.0:
+        with torch.no_grad():
+            for layer in model.model.layers:
+                layer.self_attn.o_proj.weight.mul_(residual_scale)
+                layer.mlp.down_proj.weight.mul_(residual_scale)
     # Random weights: no end-of-sequence token, so every system generates the full length.
     model.generation_config.eos_token_id = None
     model.generation_config.pad_token_id = 0
