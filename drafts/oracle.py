@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from specdec import CausalLMAdapter, DraftBlock, DraftContext, InvalidArgumentError
-from specdec.oracle import oracle_token
+from specdec import CausalLMAdapter, DraftBlock, DraftContext, InvalidArgumentError, oracle_token
 
 __all__ = ["OracleDrafter"]
 
