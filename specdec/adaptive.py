@@ -41,6 +41,7 @@ Worked example: alpha = 0.8, c = 0.05 and v(k) = 1 + 0.1 k give
 from __future__ import annotations
 
 import math
+import statistics
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -117,12 +118,6 @@ class AcceptanceEstimate:
         return a / (a + b)
 
 
-def _median(values: deque[float]) -> float:
-    ordered = sorted(values)
-    mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else 0.5 * (ordered[mid - 1] + ordered[mid])
-
-
 @dataclass
 class CostProfile:
     """Measured costs of one (target, drafter, device) combination, in seconds.
@@ -150,19 +145,17 @@ class CostProfile:
     def __post_init__(self) -> None:
         if self.window < 1:
             raise ValueError(f"window must be >= 1, got {self.window}")
-
-    def _push(self, samples: deque[float], value: float) -> float:
-        samples.append(value)
-        while len(samples) > self.window:
-            samples.popleft()
-        return _median(samples)
+        self.draft_samples = deque(self.draft_samples, maxlen=self.window)
 
     def observe(self, num_drafted: int, draft_s: float, verify_s: float) -> None:
         if num_drafted > 0 and draft_s >= 0.0:
-            self.draft_s = self._push(self.draft_samples, draft_s / num_drafted)
+            self.draft_samples.append(draft_s / num_drafted)
+            self.draft_s = statistics.median(self.draft_samples)
         n = num_drafted + 1
         self.step_count[n] = self.step_count.get(n, 0) + 1
-        self.step_s[n] = self._push(self.step_samples.setdefault(n, deque()), verify_s)
+        samples = self.step_samples.setdefault(n, deque(maxlen=self.window))
+        samples.append(verify_s)
+        self.step_s[n] = statistics.median(samples)
 
     @property
     def measured(self) -> bool:
