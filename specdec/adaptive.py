@@ -23,9 +23,9 @@ tokens per second ``E(alpha, k) / (k * c + v(k))``. Both sides are learned:
   generator (and a neutral guess before any);
 - the costs per (model pair, device): a :class:`CostProfile` lives on the
   :class:`~specdec.SpeculativeGenerator` and survives across requests. It keeps,
-  in seconds, an average draft time per token and an average step time per
-  number of scored positions; unseen lengths are interpolated, or
-  extrapolated with the slope of the seen ones.
+  in seconds, the draft time per token and the step time per number of scored
+  positions, each the median of its recent samples; unseen lengths are
+  interpolated, or extrapolated with the slope of the seen ones.
 
 Timing uses ``time.perf_counter`` only; the controller adds no device sync.
 On CUDA a drafter's kernels may still be running when ``propose`` returns, so
