@@ -104,12 +104,27 @@ class AcceptanceEstimate:
     forget: float = 0.98
     accepted: float = 0.0
     rejected: float = 0.0
+    total_accepted: int = 0
+    total_rejected: int = 0
 
-    def observe(self, num_drafted: int, num_accepted: int) -> None:
+    def observe(self, num_drafted: int, num_accepted: int, *, rejected: bool | None = None) -> None:
+        """One step's outcome; ``rejected`` defaults to ``num_accepted < num_drafted`` (see :meth:`SpecStats.record_step`)."""
+        if rejected is None:
+            rejected = num_accepted < num_drafted
+        rejected = rejected and num_drafted > 0
         # Every step fades the evidence, a step without drafts too: once the controller stops drafting,
         # alpha drifts back to its prior, and drafting is tried again if the prior says it may pay.
         self.accepted = self.accepted * self.forget + num_accepted
-        self.rejected = self.rejected * self.forget + (1.0 if num_accepted < num_drafted else 0.0)
+        self.rejected = self.rejected * self.forget + (1.0 if rejected else 0.0)
+        # The request's own evidence, unfaded: what it tells the next request (see AdaptiveDraftLength.finish).
+        self.total_accepted += num_accepted
+        self.total_rejected += int(rejected)
+
+    @property
+    def request_alpha(self) -> float | None:
+        """This request's acceptance from all its evidence, no prior and no fading (``None`` without evidence)."""
+        seen = self.total_accepted + self.total_rejected
+        return self.total_accepted / seen if seen else None
 
     @property
     def alpha(self) -> float:
@@ -276,11 +291,16 @@ class AdaptiveDraftLength:
         self.chosen.append(k)
         return k
 
-    def observe(self, num_drafted: int, num_accepted: int, draft_s: float, verify_s: float) -> None:
+    def observe(
+        self, num_drafted: int, num_accepted: int, draft_s: float, verify_s: float, *, rejected: bool | None = None
+    ) -> None:
         self.steps += 1
-        self.acceptance.observe(num_drafted, num_accepted)
+        self.acceptance.observe(num_drafted, num_accepted, rejected=rejected)
         self.profile.observe(num_drafted, draft_s, verify_s)
 
     def finish(self) -> None:
-        if self.acceptance.accepted + self.acceptance.rejected > 0:
-            self.profile.record_request(self.alpha)
+        # The request's own acceptance, not the faded estimate: after a stretch without drafting, that one
+        # has drifted back towards the prior and would teach the next request little.
+        alpha = self.acceptance.request_alpha
+        if alpha is not None:
+            self.profile.record_request(alpha)

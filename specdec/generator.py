@@ -323,12 +323,16 @@ class _Run:
             self.target.truncate(self.length + len(accepted) - 1)
             self.tokens[self.length : self.length + len(accepted)] = torch.tensor(accepted, device=self.tokens.device)
             self.length += len(accepted)
-            self.stats.record_step(n_draft, num_accepted)
+            # A block cut short by EOS, a stop rule or the budget lost its tail, but no draft was rejected there.
+            rejected = result.num_accepted < n_draft
+            self.stats.record_step(n_draft, num_accepted, rejected=rejected)
             self.stats.new_tokens = self.length - prompt_len
             self.drafter.update(accepted, num_accepted)
             if controller is not None:
                 done_at = time.perf_counter()
-                controller.observe(n_draft, num_accepted, drafted_at - step_start, done_at - drafted_at)
+                controller.observe(
+                    n_draft, num_accepted, drafted_at - step_start, done_at - drafted_at, rejected=rejected
+                )
             if accepted:
                 if self.sink is not None:
                     self.sink(step, accepted)

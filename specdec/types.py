@@ -64,10 +64,10 @@ class SpecStats:
     target_forwards: int = 0  # every target forward, the prefill included
     drafted: int = 0  # draft tokens proposed
     accepted: int = 0  # draft tokens accepted
-    tested: int = 0  # draft tokens the target judged: those after a step's first rejection never are
     accepted_per_position: list[int] = field(default_factory=list)  # [k_max]: accepted at draft position i
     drafted_per_position: list[int] = field(default_factory=list)  # [k_max]: proposed at draft position i
     wall_time_s: float = 0.0
+    tested: int = 0  # draft tokens the target judged: those after a step's first rejection never are
 
     @property
     def acceptance_rate(self) -> float:
@@ -92,12 +92,19 @@ class SpecStats:
     def tokens_per_s(self) -> float:
         return self.new_tokens / self.wall_time_s if self.wall_time_s > 0 else 0.0
 
-    def record_step(self, num_drafted: int, num_accepted: int) -> None:
+    def record_step(self, num_drafted: int, num_accepted: int, *, rejected: bool | None = None) -> None:
+        """Count one verify pass. ``rejected``: whether a draft was rejected (default: fewer accepted than drafted).
+
+        Pass it when a block was cut short after verification (EOS, a stop
+        rule, the token budget): the drafts lost to the cut were not rejected.
+        """
+        if rejected is None:
+            rejected = num_accepted < num_drafted
         self.steps += 1
         self.target_forwards += 1
         self.drafted += num_drafted
         self.accepted += num_accepted
-        self.tested += min(num_accepted + 1, num_drafted)
+        self.tested += min(num_accepted + int(rejected), num_drafted)
         grow = num_drafted - len(self.drafted_per_position)
         if grow > 0:
             self.drafted_per_position.extend([0] * grow)

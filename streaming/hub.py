@@ -740,10 +740,9 @@ class Stream:
         self._hub._stream_ended(self)
 
     def _expire(self) -> None:
+        # A fan-out round still held back is left to run: subscribers keep their own reference to the log
+        # and may be waiting for it (with retention_s=0 the stream can expire before the round is due).
         self._expire_handle = None
-        if self._round_timer is not None:
-            self._round_timer.cancel()
-            self._round_timer = None
         self._expired = True
         self._history = []
         self._history_seqs = []

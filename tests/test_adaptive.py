@@ -16,6 +16,7 @@ from specdec.adaptive import (
     ideal_speedup,
 )
 from specdec.benchmark import random_llama
+from specdec.types import SpecStats
 
 
 def test_expected_tokens_formula():
@@ -55,6 +56,30 @@ def test_acceptance_estimate_drifts_back_to_its_prior_while_nothing_is_drafted()
     for _ in range(60):
         est.observe(0, 0)  # the controller stopped drafting: no evidence, but the old evidence fades
     assert low < est.alpha == pytest.approx(0.6, abs=0.02)
+
+
+def test_a_block_cut_after_verification_is_not_a_rejection():
+    est = AcceptanceEstimate(prior_mean=0.5, prior_strength=2.0, forget=1.0)
+    est.observe(4, 2, rejected=False)  # all 4 accepted, the block cut at EOS after 2
+    assert est.rejected == 0.0 and est.accepted == 2.0
+    est.observe(4, 1)  # a real rejection (the default)
+    assert est.rejected == 1.0
+    stats = SpecStats()
+    stats.record_step(4, 2, rejected=False)
+    stats.record_step(4, 1)
+    assert stats.tested == 2 + 2 and stats.conditional_acceptance == pytest.approx(3 / 4)
+
+
+def test_the_next_request_learns_this_requests_own_alpha_not_the_faded_estimate():
+    profile = CostProfile()
+    controller = AdaptiveDraftLength(profile, default_k=4, prior_mean=0.9)
+    for _ in range(10):
+        controller.observe(4, 0, 0.01, 0.1)  # every first draft rejected: alpha 0
+    for _ in range(80):
+        controller.observe(0, 0, 0.0, 0.1)  # drafting switched off; the running estimate drifts to its prior
+    assert controller.alpha > 0.5
+    controller.finish()
+    assert profile.alpha_prior == pytest.approx(0.0)
 
 
 def test_cost_profile_interpolates_and_extrapolates():

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from drafts import OracleDrafter
-from specdec import DraftContext, Drafter, InvalidArgumentError, LogitsShaper, SpeculativeGenerator
+from specdec import DraftContext, Drafter, InvalidArgumentError, LogitsShaper, SpeculativeGenerator, oracle_token
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -75,20 +75,35 @@ def test_proposals_are_right_or_certainly_wrong():
 
 
 def test_the_draw_at_a_position_does_not_depend_on_the_draft_length():
-    """Every k (and auto) meets the same right/wrong pattern: a comparison of draft lengths is not a comparison of luck."""
-    reference = torch.arange(3, 63)
-    by_k = {}
+    """Every k (and auto) meets the same right/wrong pattern: a comparison of draft lengths is not a comparison of luck.
+
+    Each k runs as the loop would: drafts are kept up to the first wrong one, which the target replaces
+    with the reference token, so different k draft (and skip) different positions.
+    """
+    reference = torch.arange(3, 83)
+    prompt = [3, 4]
+    drawn: dict[int, dict[int, int]] = {}
     for k in (1, 3, 7):
         drafter = OracleDrafter(reference, 0.6, seed=4)
-        _begin(drafter, [3, 4])
-        tokens = []
-        while len(tokens) < 40:
+        _begin(drafter, prompt)
+        position, tokens = len(prompt), {}
+        while position < 60:
             block = drafter.propose(k).token_ids.tolist()
-            tokens += block
-            drafter.update(block, num_accepted=len(block))
-        by_k[k] = tokens[:40]
-    assert by_k[1] == by_k[3] == by_k[7]
-    assert 0 < sum(t == int(r) for t, r in zip(by_k[1], reference[2:])) < 40
+            kept = 0
+            while kept < len(block) and block[kept] == int(reference[position + kept]):
+                kept += 1
+            for i, token in enumerate(block[: kept + 1]):  # positions after the first wrong draft are never judged
+                tokens[position + i] = token
+            committed = [int(t) for t in reference[position : position + kept + 1]]
+            drafter.update(committed, num_accepted=kept)
+            position += len(committed)
+        drawn[k] = tokens
+    for k in (1, 3, 7):
+        for position, token in drawn[k].items():
+            assert token == oracle_token(reference.tolist(), position, 0.6, 4, 50)
+    shared = set(drawn[1]) & set(drawn[3]) & set(drawn[7])
+    assert len(shared) >= 10 and len({frozenset(d) for d in drawn.values()}) > 1  # overlapping, not identical
+    assert all(drawn[1][p] == drawn[3][p] == drawn[7][p] for p in shared)
 
 
 def test_same_seed_same_proposals_and_past_the_end_nothing():

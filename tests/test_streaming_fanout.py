@@ -226,3 +226,20 @@ def test_events_held_back_by_the_budget_do_not_count_against_max_queue(tok, mode
         assert not any(isinstance(e, ErrorEvent) for e in events)
         assert isinstance(events[-1], EndEvent)
         assert [t for e in events if isinstance(e, CommitEvent) for t in e.token_ids] == _completion(out, prompt_ids)
+
+
+def test_a_stream_that_expires_while_a_round_is_held_back_still_ends_for_its_subscribers(tok, model, prompt_ids):
+    """retention_s=0 expires the stream at once; the held-back round must still wake the waiting subscribers."""
+    gen = SpeculativeGenerator(model, NGramDrafter(num_draft_tokens=4))
+
+    async def main():
+        hub = StreamHub(fanout_share=1e-6, fanout_max_delay_s=0.3, retention_s=0)
+        stream = hub.start(gen, prompt_ids, tokenizer=tok, max_new_tokens=30)
+        tasks = [asyncio.create_task(_collect(stream.subscribe())) for _ in range(3)]
+        out = await stream.result()
+        return out, await asyncio.wait_for(asyncio.gather(*tasks), timeout=10)
+
+    out, results = run(main())
+    for events in results:
+        assert isinstance(events[-1], EndEvent)
+        assert [t for e in events if isinstance(e, CommitEvent) for t in e.token_ids] == _completion(out, prompt_ids)

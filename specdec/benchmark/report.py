@@ -54,16 +54,16 @@ def controlled_table(result: dict) -> str:
     return "\n".join([head, _table(header, rows), *summaries])
 
 
-def paired_ratio(slow_s: list[float] | None, fast_s: list[float] | None) -> float | None:
-    """Median over rounds of ``slow_s[r] / fast_s[r]``: a speed ratio whose two runs shared a round.
+def paired_ratio(reference_s: list[float] | None, candidate_s: list[float] | None) -> float | None:
+    """How many times faster the candidate ran: the median over rounds of ``reference_s[r] / candidate_s[r]``.
 
     Both systems ran within the same interleaved round, so load that changes
     from round to round cancels in each ratio; the median then drops rounds
     where it hit one of the two runs only.
     """
-    if not slow_s or not fast_s:
+    if not reference_s or not candidate_s:
         return None
-    ratios = sorted(a / b for a, b in zip(slow_s, fast_s) if b > 0)
+    ratios = sorted(a / b for a, b in zip(reference_s, candidate_s) if b > 0)
     if not ratios:
         return None
     mid = len(ratios) // 2
