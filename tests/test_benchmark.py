@@ -87,6 +87,7 @@ def test_run_controlled_reports_every_cell_with_identical_tokens(target, draft, 
     )
     rows = result["rows"]
     assert {(r["alpha"], r["k"]) for r in rows} == {(a, k) for a in (0.5, 0.9) for k in (2, 4, "auto")}
+    assert result["cost_rounds"] == 1 and set(result["verify_forward_s"]) == {"1", "2", "3", "4", "5"}
     for r in rows:
         assert r["ours_same_tokens"] is True
         if r["k"] != "auto":
