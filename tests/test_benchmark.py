@@ -192,7 +192,8 @@ def test_run_bench_real_workload_on_a_tiny_model(tmp_path, monkeypatch, target):
     assert (tmp_path / "bench_real.json").exists()
 
 
-def test_gpu_sweep_runs_end_to_end_on_cpu_with_tiny_shapes(tmp_path):
+def _gpu_sweep_main(argv: list[str]) -> int:
+    """Run ``benchmarks/gpu_sweep.py``'s main (the script is not a package module)."""
     import importlib.util
     from pathlib import Path
 
@@ -200,7 +201,11 @@ def test_gpu_sweep_runs_end_to_end_on_cpu_with_tiny_shapes(tmp_path):
     spec = importlib.util.spec_from_file_location("gpu_sweep", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    code = module.main(
+    return module.main(argv)
+
+
+def test_gpu_sweep_runs_end_to_end_on_cpu_with_tiny_shapes(tmp_path):
+    code = _gpu_sweep_main(
         ["--device", "cpu", "--tiny", "--alphas", "0.8", "--ks", "2,4", "--max-new-tokens", "12", "--rounds", "1",
          "--warmup", "0", "--prompt-tokens", "8", "--out-dir", str(tmp_path)]
     )
@@ -243,18 +248,11 @@ def test_stable_random_targets_keep_their_greedy_reference_in_bfloat16():
 
 
 def test_gpu_sweep_in_bfloat16_keeps_the_oracle_reference_valid(tmp_path):
-    """The sweep runs bf16 on CUDA: its tied random targets must keep choosing the reference tokens in bf16.
+    """The sweep runs bf16 on CUDA: its stable_greedy random targets must keep choosing the reference tokens in bf16.
 
-    Untied, the realised alpha collapses to ~0.01 (checked on this CPU), and the sweep would measure nothing.
+    Built plainly, the realised alpha collapses to ~0.01 (checked on this CPU), and the sweep would measure nothing.
     """
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_sweep.py"
-    spec = importlib.util.spec_from_file_location("gpu_sweep", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    code = module.main(
+    code = _gpu_sweep_main(
         ["--device", "cpu", "--tiny", "--dtype", "bfloat16", "--targets", "1b", "--alphas", "0.9", "--ks", "4",
          "--max-new-tokens", "48", "--rounds", "1", "--warmup", "0", "--prompt-tokens", "8", "--no-hf",
          "--out-dir", str(tmp_path)]
