@@ -26,16 +26,7 @@ from ..generator import SpeculativeGenerator
 from .harness import device_sync, interleave, median, time_forward
 from .oracle_assistant import configure_assistant, configure_oracle
 
-__all__ = ["run_controlled", "conditional_acceptance", "draft_length_histogram"]
-
-
-def conditional_acceptance(stats) -> float:
-    """alpha as the formula means it: accepted / tested draft positions (:attr:`SpecStats.conditional_acceptance`).
-
-    A position is tested only when every draft before it was accepted, so the
-    plain ``stats.acceptance_rate`` (accepted / proposed) underestimates alpha.
-    """
-    return stats.conditional_acceptance
+__all__ = ["run_controlled", "draft_length_histogram"]
 
 
 _COSTS = "costs#"  # the pseudo-system that measures c and v once per round
@@ -140,7 +131,7 @@ def run_controlled(
     # They are measured once per round, among the systems, so the machine's load during a round weighs on
     # the costs as on the speedups; the medians over rounds go into the ideal.
     context = torch.tensor(reference_ids[: prompt.shape[1] + new_tokens // 2], device=device)
-    verify_sizes = sorted({k + 1 for k in ks} | set(range(1, max(ks) + 2)))
+    verify_sizes = list(range(1, max(ks) + 2))  # every k + 1 up to the longest, and a plain step
     cost_samples: dict[str, list[float]] = {}
     recording = [False]
 
@@ -185,7 +176,7 @@ def run_controlled(
                 "ours_same_tokens": bool(torch.equal(outputs[name].cpu(), reference.cpu())) if name in outputs else None,
             }
             if stats is not None:
-                measured_alpha = conditional_acceptance(stats)
+                measured_alpha = stats.conditional_acceptance  # accepted / tested drafts: alpha as the formula means it
                 row["measured_alpha"] = measured_alpha
                 row["tokens_per_verify"] = stats.mean_accepted_per_step
             if k != "auto":

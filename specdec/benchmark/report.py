@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -63,11 +64,8 @@ def paired_ratio(reference_s: list[float] | None, candidate_s: list[float] | Non
     """
     if not reference_s or not candidate_s:
         return None
-    ratios = sorted(a / b for a, b in zip(reference_s, candidate_s) if b > 0)
-    if not ratios:
-        return None
-    mid = len(ratios) // 2
-    return ratios[mid] if len(ratios) % 2 else 0.5 * (ratios[mid - 1] + ratios[mid])
+    ratios = [a / b for a, b in zip(reference_s, candidate_s) if b > 0]
+    return statistics.median(ratios) if ratios else None
 
 
 def auto_summary(result: dict) -> str:
