@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from drafts import OracleDrafter  # noqa: E402
+from specdec.drafts import OracleDrafter  # noqa: E402
 from specdec.benchmark import run_bench  # noqa: E402
 
 

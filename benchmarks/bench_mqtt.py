@@ -9,7 +9,7 @@ rotates every round), medians reported:
 
 - ``in-process``: ``StreamHub.start`` and one asyncio subscriber in this
   process: the baseline.
-- ``mqtt-N`` (N = 1, 10, 100): a :class:`streaming.mqtt.Worker` in this
+- ``mqtt-N`` (N = 1, 10, 100): a :class:`specdec.streaming.mqtt.Worker` in this
   process, in its default configuration (per-stream guard connection, QoS 1,
   message expiry), serving a private mosquitto on 127.0.0.1. The request is
   published over MQTT by this process; N stock ``mosquitto_sub`` processes
@@ -166,7 +166,7 @@ def _tiny_llama(hidden: int, layers: int, vocab: int) -> Any:
 
 
 def make_workload(name: str) -> Workload:
-    from drafts import NGramDrafter
+    from specdec.drafts import NGramDrafter
     from specdec import SpeculativeGenerator
 
     if name in ("tiny", "small"):
@@ -236,8 +236,8 @@ async def run_in_process(hub: Any, w: Workload, max_new_tokens: int) -> Run:
 
 
 async def run_mqtt(broker: Any, raw: Any, worker: Any, w: Workload, max_new_tokens: int, n_subs: int) -> Run:
-    from streaming.mqtt import REQUEST_TOPIC, events_topic, new_stream_id
-    from streaming.mqtt.protocol import encode_json
+    from specdec.streaming.mqtt import REQUEST_TOPIC, events_topic, new_stream_id
+    from specdec.streaming.mqtt.protocol import encode_json
 
     stream_id = new_stream_id()
     folder = Path(tempfile.mkdtemp(prefix="specdec-bench-subs-"))
@@ -308,7 +308,7 @@ def _machine() -> dict[str, Any]:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    from streaming.mqtt.broker import find_mosquitto
+    from specdec.streaming.mqtt.broker import find_mosquitto
 
     mosquitto = subprocess.run([find_mosquitto() or "mosquitto", "-h"], capture_output=True, text=True)
     first = (mosquitto.stdout or mosquitto.stderr).splitlines()[0] if (mosquitto.stdout or mosquitto.stderr) else "?"
@@ -327,9 +327,9 @@ def _machine() -> dict[str, Any]:
 
 
 async def bench_model(name: str, args: argparse.Namespace, broker: Any) -> list[dict[str, Any]]:
-    from streaming.hub import StreamHub
-    from streaming.mqtt import BrokerConfig, Worker, WorkerSettings, connect
-    from streaming.mqtt.protocol import RequestLimits
+    from specdec.streaming.hub import StreamHub
+    from specdec.streaming.mqtt import BrokerConfig, Worker, WorkerSettings, connect
+    from specdec.streaming.mqtt.protocol import RequestLimits
 
     w = make_workload(name)
     systems = ["in-process"] + [f"mqtt-{n}" for n in args.subscribers]
@@ -414,7 +414,7 @@ def print_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
 async def main_async(args: argparse.Namespace) -> None:
     import torch
 
-    from streaming.mqtt.broker import LocalMosquitto
+    from specdec.streaming.mqtt.broker import LocalMosquitto
 
     torch.set_num_threads(args.threads)
     machine = _machine()

@@ -26,7 +26,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from drafts import NGramDrafter  # noqa: E402
+from specdec.drafts import NGramDrafter  # noqa: E402
 from specdec.benchmark import PROMPTS, real_table, run_real, write_json  # noqa: E402
 from specdec.benchmark.run import _progress  # noqa: E402
 from specdec.models import load_model  # noqa: E402

@@ -54,9 +54,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
-from drafts import NGramDrafter  # noqa: E402
+from specdec.drafts import NGramDrafter  # noqa: E402
 from specdec import SpeculativeGenerator  # noqa: E402
-from streaming import CommitEvent, StreamHub  # noqa: E402
+from specdec.streaming import CommitEvent, StreamHub  # noqa: E402
 
 COUNTS = (0, 1, 100, 1000)
 
@@ -83,9 +83,9 @@ class TimedGenerator:
             raise RuntimeError("the benchmark never opened the gate")
 
         class Stamp:
-            def on_tokens(self, step: int, token_ids: list[int]) -> None:
-                times[step] = time.perf_counter()
-                sink.on_tokens(step, token_ids)
+            def on_block(self, block: Any) -> None:
+                times[block.step] = time.perf_counter()
+                sink.on_block(block)
 
             def on_draft(self, step: int, token_ids: list[int]) -> None:
                 sink.on_draft(step, token_ids)

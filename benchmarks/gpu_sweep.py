@@ -38,7 +38,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from drafts import OracleDrafter  # noqa: E402
+from specdec.drafts import OracleDrafter  # noqa: E402
 from specdec.benchmark import controlled_table, oracle_model_class, plot_controlled, random_llama, run_controlled, write_json  # noqa: E402
 from specdec.benchmark.run import _environment, _progress  # noqa: E402
 

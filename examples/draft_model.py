@@ -9,7 +9,7 @@ Run: .venv/bin/python examples/draft_model.py
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from drafts import ModelDrafter
+from specdec.drafts import ModelDrafter
 from specdec import SpeculativeGenerator
 
 torch.manual_seed(0)

@@ -11,11 +11,11 @@ Run: .venv/bin/python examples/mqtt_roundtrip.py
 
 import asyncio
 
-from drafts import NGramDrafter
+from specdec.drafts import NGramDrafter
 from specdec import SpeculativeGenerator
 from specdec.models import load_model
-from streaming.mqtt import StreamClient, new_stream_id, serve
-from streaming.mqtt.broker import LocalMosquitto
+from specdec.streaming.mqtt import StreamClient, new_stream_id, serve
+from specdec.streaming.mqtt.broker import LocalMosquitto
 
 
 async def main():

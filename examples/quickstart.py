@@ -5,7 +5,7 @@ Run: .venv/bin/python examples/quickstart.py
 
 import torch
 
-from drafts import NGramDrafter
+from specdec.drafts import NGramDrafter
 from specdec import SpeculativeGenerator
 from specdec.models import load_model
 

@@ -9,10 +9,10 @@ Run: .venv/bin/python examples/stream_subscribers.py
 
 import asyncio
 
-from drafts import NGramDrafter
+from specdec.drafts import NGramDrafter
 from specdec import SpeculativeGenerator
 from specdec.models import load_model
-from streaming import CommitEvent, EndEvent, ProvisionalEvent, StreamHub
+from specdec.streaming import CommitEvent, EndEvent, ProvisionalEvent, StreamHub
 
 
 async def live(stream, name):

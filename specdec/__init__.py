@@ -17,7 +17,7 @@ from .errors import (
 from .generator import SpeculativeGenerator, TokenSink
 from .logits import LogitsShaper
 from .oracle import oracle_token
-from .types import DraftBlock, FinishReason, SpecOutput, SpecStats, VerifyResult
+from .types import DraftBlock, FinishReason, SpecOutput, SpecStats, VerifiedBlock, VerifyResult
 from .verify import greedy_verify, speculative_sample
 
 __version__ = "0.1.0"
@@ -37,6 +37,7 @@ __all__ = [
     "SpeculativeGenerator",
     "TokenSink",
     "UnsupportedModelError",
+    "VerifiedBlock",
     "VerifyResult",
     "VocabularyMismatchError",
     "check_rollback_support",

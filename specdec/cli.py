@@ -28,9 +28,9 @@ def make_drafter(spec: str | None, *, target: Any, device: str | None, dtype: st
 
     ``ngram`` (default): prompt lookup. ``self``: the target drafts for itself
     (a test of the machinery, never faster). Anything else: a model id, folder
-    or GGUF file loaded as a :class:`drafts.ModelDrafter`.
+    or GGUF file loaded as a :class:`specdec.drafts.ModelDrafter`.
     """
-    from drafts import ModelDrafter, NGramDrafter
+    from specdec.drafts import ModelDrafter, NGramDrafter
 
     kwargs = {"num_draft_tokens": num_draft_tokens} if num_draft_tokens else {}
     if spec in (None, "", "ngram"):
@@ -176,7 +176,7 @@ def _print_stats(stats: Any, finish_reason: str, as_json: bool) -> None:
 
 def _cmd_generate(args: argparse.Namespace) -> int:
     from specdec import SpeculativeGenerator
-    from streaming import StreamHub, render_stream
+    from specdec.streaming import StreamHub, render_stream
 
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     dtype = _default_dtype(args)
@@ -209,7 +209,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from specdec import SpeculativeGenerator
-    from streaming.mqtt import serve
+    from specdec.streaming.mqtt import serve
 
     if args.broker is None and not args.start_broker:
         raise SpecDecError("pass --broker mqtt://host:port (or --start-broker to run a local mosquitto)")
@@ -246,7 +246,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from drafts import ModelDrafter, NGramDrafter, OracleDrafter
+    from specdec.drafts import ModelDrafter, NGramDrafter, OracleDrafter
 
     from .benchmark import run_bench
 

@@ -15,19 +15,24 @@ from .drafter import DraftContext, Drafter
 from .errors import InvalidArgumentError, VocabularyMismatchError
 from .logits import LogitsShaper
 from .params import UNSET, GenerationParams, resolve_params
-from .types import DraftBlock, FinishReason, SpecOutput, SpecStats
+from .types import DraftBlock, FinishReason, SpecOutput, SpecStats, VerifiedBlock
 from .verify import greedy_verify, speculative_sample
 
 __all__ = ["SpeculativeGenerator", "TokenSink"]
 
 TokenCallback = Callable[[int, list[int]], Any]
+BlockCallback = Callable[[VerifiedBlock], Any]
 
 
 class TokenSink(Protocol):
-    """An object that receives each verified block (``on_tokens``) and,
-    optionally, each draft before verification (``on_draft``)."""
+    """An object that receives each verified block and, optionally, each draft before verification.
 
-    def on_tokens(self, step: int, token_ids: list[int]) -> Any: ...
+    A sink implements ``on_block(block: VerifiedBlock)`` (preferred: it says which
+    row, how many drafts and how many were accepted) or the older
+    ``on_tokens(step, token_ids)``; ``on_draft(step, token_ids)`` is optional.
+    """
+
+    def on_block(self, block: VerifiedBlock) -> Any: ...
 
 
 class _Cancelled(Protocol):
@@ -70,14 +75,19 @@ def _as_prompt(input_ids: Any, attention_mask: Any) -> torch.Tensor:
     return prompt
 
 
-def _resolve_sink(on_tokens: Any) -> tuple[TokenCallback | None, TokenCallback | None]:
+def _resolve_sink(on_tokens: Any) -> tuple[BlockCallback | None, TokenCallback | None]:
+    """The sink as one callable taking a :class:`VerifiedBlock`, and its ``on_draft`` if it has one."""
     if on_tokens is None:
         return None, None
-    if hasattr(on_tokens, "on_tokens"):
-        return on_tokens.on_tokens, getattr(on_tokens, "on_draft", None)
-    if callable(on_tokens):
-        return on_tokens, None
-    raise InvalidArgumentError("on_tokens must be a callable(step, token_ids) or an object with an on_tokens method")
+    on_draft = getattr(on_tokens, "on_draft", None)
+    if callable(getattr(on_tokens, "on_block", None)):
+        return on_tokens.on_block, on_draft
+    legacy = on_tokens.on_tokens if hasattr(on_tokens, "on_tokens") else on_tokens
+    if not callable(legacy):
+        raise InvalidArgumentError(
+            "on_tokens must be a callable(step, token_ids) or an object with an on_block or on_tokens method"
+        )
+    return (lambda block: legacy(block.step, list(block.token_ids))), on_draft
 
 
 class SpeculativeGenerator:
@@ -148,8 +158,8 @@ class SpeculativeGenerator:
         ``generation_config.eos_token_id``.
 
         ``on_tokens(step, token_ids)`` is called with every verified block, in
-        order, before the next step starts (or pass an object with ``on_tokens``
-        and optionally ``on_draft``). ``on_draft(step, token_ids)`` sees each
+        order, before the next step starts; or pass a sink object with
+        ``on_block(block: VerifiedBlock)`` (or ``on_tokens``) and optionally ``on_draft``. ``on_draft(step, token_ids)`` sees each
         draft before it is verified. ``streamer`` is any transformers
         ``BaseStreamer``. ``cancel`` is any object with ``is_set()`` (a
         ``threading.Event``): generation stops within one step once it is set.
@@ -204,7 +214,7 @@ class _Run:
         logits_processor: LogitsProcessorList,
         extra_warpers: LogitsProcessorList,
         stopping_criteria: StoppingCriteriaList | None,
-        sink: TokenCallback | None,
+        sink: BlockCallback | None,
         on_draft: TokenCallback | None,
         streamer: Any,
         cancel: _Cancelled | None,
@@ -335,7 +345,7 @@ class _Run:
                 )
             if accepted:
                 if self.sink is not None:
-                    self.sink(step, accepted)
+                    self.sink(VerifiedBlock(step, 0, tuple(accepted), n_draft, num_accepted))
                 if self.streamer is not None:
                     self.streamer.put(torch.tensor(accepted))
             step += 1

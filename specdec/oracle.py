@@ -1,6 +1,6 @@
 """The oracle's draw: is the draft at a given position right, and if not, which wrong token.
 
-Shared by :class:`drafts.OracleDrafter` and the benchmark's oracle for Hugging
+Shared by :class:`specdec.drafts.OracleDrafter` and the benchmark's oracle for Hugging
 Face assisted generation (:mod:`specdec.benchmark.oracle_assistant`), so both
 systems see the same right/wrong pattern.
 

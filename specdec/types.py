@@ -7,7 +7,7 @@ from typing import Literal
 
 import torch
 
-__all__ = ["DraftBlock", "VerifyResult", "SpecStats", "SpecOutput", "FinishReason"]
+__all__ = ["DraftBlock", "VerifyResult", "VerifiedBlock", "SpecStats", "SpecOutput", "FinishReason"]
 
 FinishReason = Literal["eos", "length", "stop", "cancelled"]
 
@@ -52,6 +52,24 @@ class VerifyResult:
 
     token_ids: list[int]  # [num_accepted + 1]
     num_accepted: int  # draft tokens accepted, 0..k
+
+
+@dataclass(frozen=True)
+class VerifiedBlock:
+    """What a sink receives once per verify pass that committed tokens.
+
+    ``token_ids`` are appended to row ``row``'s sequence, in order: the first
+    ``accepted`` of them are draft tokens the target accepted, the rest (at most
+    one) the target's own token. ``drafted`` counts the drafts proposed for the
+    step, so ``drafted - accepted`` of them were rejected or cut off by EOS, a
+    stop rule or the token budget.
+    """
+
+    step: int  # the row's verify pass, 0, 1, 2, ...
+    row: int  # the batch row (0 for a single sequence)
+    token_ids: tuple[int, ...]  # [accepted + (0 or 1)]
+    drafted: int
+    accepted: int
 
 
 @dataclass

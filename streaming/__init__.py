@@ -1,8 +1,8 @@
-"""streaming: verified tokens as events for any number of asyncio subscribers.
+"""specdec.streaming: verified tokens as events for any number of asyncio subscribers.
 
 ``StreamHub.start`` runs a ``SpeculativeGenerator`` in a worker thread and
 returns a :class:`Stream`; ``stream.subscribe()`` is an async iterator of the
-events in :mod:`streaming.events` (schema in PROTOCOL.md). Also here: the
+events in :mod:`specdec.streaming.events` (schema in PROTOCOL.md). Also here: the
 incremental detokenizer, adapters for transformers streamers and synchronous
 code, and the terminal renderer used by ``specdec generate``. Imports only
 ``specdec``'s public names.

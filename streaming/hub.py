@@ -12,7 +12,7 @@
 How it works. ``start`` publishes the ``start`` event (seq 0) and runs
 ``gen.generate(..., on_tokens=sink, cancel=event)`` in a worker thread named
 ``specdec-stream-<id>``. The sink, still on the worker thread, numbers each
-event, detokenizes it (:mod:`streaming.detok`) and appends it to an outbox;
+event, detokenizes it (:mod:`specdec.streaming.detok`) and appends it to an outbox;
 the first event of a batch schedules one ``loop.call_soon_threadsafe``, which
 moves everything in the outbox onto the stream's append-only event log on the
 event loop (several events per wake-up whenever the loop is busy), then wakes
@@ -95,7 +95,7 @@ from typing import Any, Literal
 
 import torch
 
-from specdec import InvalidArgumentError, SpecDecError, SpecOutput, SpecStats
+from specdec import InvalidArgumentError, SpecDecError, SpecOutput, SpecStats, VerifiedBlock
 
 from .detok import make_detokenizer
 from .events import (
@@ -366,8 +366,6 @@ class _Emitter:
         self.accepted = 0
         self.texts: list[str] = []
         self.last_step = 0
-        self._draft: list[int] = []
-        self._draft_step = -1
 
     def _next_seq(self) -> int:
         seq = self.seq
@@ -375,8 +373,6 @@ class _Emitter:
         return seq
 
     def on_draft(self, step: int, token_ids: list[int]) -> None:
-        self._draft = list(token_ids)
-        self._draft_step = step
         if self._provisional:
             self._stream._post(
                 ProvisionalEvent(
@@ -388,14 +384,9 @@ class _Emitter:
                 )
             )
 
-    def on_tokens(self, step: int, token_ids: list[int]) -> None:
-        token_ids = list(token_ids)
-        draft = self._draft if self._draft_step == step else []
-        drafted = len(draft)
-        accepted = 0
-        while accepted < drafted and accepted < len(token_ids) and draft[accepted] == token_ids[accepted]:
-            accepted += 1
-        self._draft, self._draft_step = [], -1
+    def on_block(self, block: VerifiedBlock) -> None:
+        token_ids = list(block.token_ids)
+        step, drafted, accepted = block.step, block.drafted, block.accepted
         text = self._detok.step(token_ids)
         self.n_committed += len(token_ids)
         self.drafted += drafted

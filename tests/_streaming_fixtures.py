@@ -135,7 +135,7 @@ class FakeGenerator:
         self.gate = gate
 
     def generate(self, input_ids: Any, on_tokens: Any = None, cancel: Any = None, **kwargs: Any) -> Any:
-        from specdec import SpecOutput, SpecStats
+        from specdec import SpecOutput, SpecStats, VerifiedBlock
 
         prompt = torch.as_tensor(input_ids).reshape(1, -1)
         tokens: list[int] = []
@@ -149,7 +149,7 @@ class FakeGenerator:
                 break
             token = step % 50
             on_tokens.on_draft(step, [token, token + 1])
-            on_tokens.on_tokens(step, [token])
+            on_tokens.on_block(VerifiedBlock(step=step, row=0, token_ids=(token,), drafted=2, accepted=1))
             stats.record_step(2, 1)
             tokens.append(token)
         stats.new_tokens = len(tokens)

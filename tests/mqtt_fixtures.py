@@ -21,7 +21,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from streaming.mqtt.broker import LocalMosquitto, find_mosquitto  # noqa: E402
+from specdec.streaming.mqtt.broker import LocalMosquitto, find_mosquitto  # noqa: E402
 
 T = TypeVar("T")
 
@@ -73,7 +73,7 @@ def tiny_model(seed: int = 0, copy: int = 0) -> LlamaForCausalLM:
 
 def tiny_generator(seed: int = 0, *, delay_s: float = 0.0, copy: int = 0) -> Any:
     """A SpeculativeGenerator over the tiny model with the n-gram drafter (``delay_s`` slows each proposal)."""
-    from drafts import NGramDrafter
+    from specdec.drafts import NGramDrafter
     from specdec import SpeculativeGenerator
 
     drafter = NGramDrafter(num_draft_tokens=4)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from drafts import ModelDrafter, NGramDrafter, OracleDrafter
+from specdec.drafts import ModelDrafter, NGramDrafter, OracleDrafter
 from specdec import InvalidArgumentError, SpeculativeGenerator
 from specdec.adaptive import (
     AcceptanceEstimate,

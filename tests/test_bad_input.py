@@ -8,7 +8,7 @@ import torch
 import transformers
 from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
 
-from drafts import ModelDrafter, NGramDrafter
+from specdec.drafts import ModelDrafter, NGramDrafter
 from specdec import (
     InvalidArgumentError,
     SpecDecError,

@@ -11,7 +11,7 @@ import pytest
 import torch
 from transformers import LlamaForCausalLM
 
-from drafts import NGramDrafter, OracleDrafter
+from specdec.drafts import NGramDrafter, OracleDrafter
 from specdec import SpeculativeGenerator
 from specdec.benchmark import (
     build_cost_draft,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from drafts import NGramDrafter
+from specdec.drafts import NGramDrafter
 from specdec import SpeculativeGenerator
 from specdec.cli import _generate_kwargs, build_parser
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from drafts import ModelDrafter, NGramDrafter
+from specdec.drafts import ModelDrafter, NGramDrafter
 from specdec import SpeculativeGenerator
 from specdec.models import DEFAULT_MODEL, ensure_default_gguf, load_model
 

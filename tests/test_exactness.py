@@ -24,7 +24,7 @@ from transformers import (
     StoppingCriteriaList,
 )
 
-from drafts import ModelDrafter, NGramDrafter, OracleDrafter
+from specdec.drafts import ModelDrafter, NGramDrafter, OracleDrafter
 from specdec import InvalidArgumentError, SpeculativeGenerator
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -1,8 +1,12 @@
 """The package layering of the design card, checked by scanning the import statements of every source file.
 
-    specdec  imports neither drafts nor streaming (specdec/cli.py, the one wiring module, aside)
-    drafts   imports specdec's public names only, never streaming
-    streaming imports specdec's public names only, never drafts
+    specdec            imports neither specdec.drafts nor specdec.streaming (specdec/cli.py, the one wiring module, aside)
+    specdec.drafts     imports the core's public names only, never specdec.streaming
+    specdec.streaming  imports the core's public names only, never specdec.drafts
+
+The folders drafts/ and streaming/ install as specdec.drafts and specdec.streaming
+(pyproject's package-dir), so a module's import name is its folder's package name
+followed by its path inside that folder.
 """
 
 from __future__ import annotations
@@ -15,16 +19,32 @@ import pytest
 import specdec
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("specdec", "drafts", "streaming")
+PACKAGES = ("specdec", "drafts", "streaming")  # folders
+IMPORT_NAMES = {"specdec": "specdec", "drafts": "specdec.drafts", "streaming": "specdec.streaming"}
 WIRING_MODULES = {"specdec.cli"}  # allowed to import all three packages
-FORBIDDEN = {"specdec": {"drafts", "streaming"}, "drafts": {"streaming"}, "streaming": {"drafts"}}
+FORBIDDEN = {
+    "specdec": {"specdec.drafts", "specdec.streaming"},
+    "specdec.drafts": {"specdec.streaming"},
+    "specdec.streaming": {"specdec.drafts"},
+}
+# Old top-level names: importing them at all is a mistake now (they are other projects' packages).
+STALE_TOP_LEVEL = {"drafts", "streaming"}
 
 
 def module_name(path: Path) -> str:
     parts = list(path.relative_to(ROOT).with_suffix("").parts)
     if parts[-1] == "__init__":
         parts.pop()
+    parts[0] = IMPORT_NAMES[parts[0]]
     return ".".join(parts)
+
+
+def package_of(target: str) -> str:
+    """The layering package an absolute module name belongs to."""
+    for name in ("specdec.drafts", "specdec.streaming"):
+        if target == name or target.startswith(name + "."):
+            return name
+    return target.split(".")[0]
 
 
 def imports(path: Path) -> list[tuple[str, list[str], int]]:
@@ -56,16 +76,19 @@ def source_files(package: str) -> list[Path]:
 def violations(package: str) -> list[str]:
     problems = []
     public = set(specdec.__all__)
+    name = IMPORT_NAMES[package]
     for path in source_files(package):
         module = module_name(path)
         if module in WIRING_MODULES:
             continue
         for target, names, line in imports(path):
-            top = target.split(".")[0]
+            top = package_of(target)
             where = f"{path.relative_to(ROOT)}:{line} imports {target}"
-            if top in FORBIDDEN[package]:
-                problems.append(f"{where}: {package} must not import {top}")
-            if package != "specdec" and top == "specdec":
+            if top in FORBIDDEN[name]:
+                problems.append(f"{where}: {name} must not import {top}")
+            if target.split(".")[0] in STALE_TOP_LEVEL:
+                problems.append(f"{where}: the package is specdec.{target.split('.')[0]} now")
+            if name != "specdec" and top == "specdec":
                 if target != "specdec":
                     problems.append(f"{where}: import specdec's public names (`from specdec import ...`)")
                 private = [n for n in names if n not in public]
@@ -85,7 +108,7 @@ def test_the_scan_sees_imports(tmp_path, monkeypatch):
     """The checker itself: it resolves relative imports and catches each kind of violation."""
     fake = tmp_path
     for package, files in {
-        "specdec": {"__init__.py": "", "core.py": "import streaming\n", "cli.py": "import drafts\n"},
+        "specdec": {"__init__.py": "", "core.py": "import specdec.streaming\n", "cli.py": "import specdec.drafts\n"},
         "drafts": {
             "__init__.py": "from .model import X\n",
             "model.py": "from specdec.generator import SpeculativeGenerator\nfrom specdec import _private\n",
@@ -102,4 +125,34 @@ def test_the_scan_sees_imports(tmp_path, monkeypatch):
     assert any("specdec.generator" in p for p in drafts_problems)
     assert any("_private" in p for p in drafts_problems)
     assert len(drafts_problems) == 2
-    assert ["must not import drafts" in p for p in violations("streaming")] == [True]
+    assert ["must not import specdec.drafts" in p for p in violations("streaming")] == [True]
+
+
+def test_namespace_survives_other_top_level_streaming_and_drafts(tmp_path):
+    """``streaming`` is also mosaicml-streaming's top-level package, ``drafts`` is as generic: ours live under specdec."""
+    import subprocess
+    import sys
+
+    for name in ("streaming", "drafts"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "__init__.py").write_text(f"OTHER_PROJECT = {name!r}\n")
+    code = (
+        "import streaming, drafts\n"
+        "assert streaming.OTHER_PROJECT == 'streaming' and drafts.OTHER_PROJECT == 'drafts'\n"
+        "import specdec.streaming, specdec.drafts\n"
+        "from specdec.streaming import StreamHub\n"
+        "from specdec.drafts import NGramDrafter\n"
+        "assert specdec.streaming.__name__ == 'specdec.streaming'\n"
+        "assert not hasattr(specdec.streaming, 'OTHER_PROJECT')\n"
+        "print('ok')\n"
+    )
+    env_path = [str(tmp_path)]
+    result = subprocess.run(
+        [sys.executable, "-c", f"import sys; sys.path[:0] = {env_path!r}\n" + code],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"

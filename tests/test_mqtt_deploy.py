@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from mqtt_fixtures import reference_ids, run, tiny_generator, tiny_model, tiny_tokenizer
-from streaming.mqtt import (
+from specdec.streaming.mqtt import (
     REQUEST_TOPIC,
     BrokerConfig,
     RequestLimits,
@@ -33,8 +33,8 @@ from streaming.mqtt import (
     new_stream_id,
     serve,
 )
-from streaming.mqtt.broker import LocalMosquitto, find_mosquitto, free_port
-from streaming.mqtt.protocol import decode_event, encode_json
+from specdec.streaming.mqtt.broker import LocalMosquitto, find_mosquitto, free_port
+from specdec.streaming.mqtt.protocol import decode_event, encode_json
 
 pytestmark = pytest.mark.mqtt
 

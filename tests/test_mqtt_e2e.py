@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from mqtt_fixtures import broker, reference_ids, run, tiny_generator, tiny_tokenizer  # noqa: F401
-from streaming.mqtt import (
+from specdec.streaming.mqtt import (
     REQUEST_TOPIC,
     BrokerConfig,
     RequestLimits,
@@ -28,7 +28,7 @@ from streaming.mqtt import (
     events_topic,
     new_stream_id,
 )
-from streaming.mqtt.protocol import decode_event
+from specdec.streaming.mqtt.protocol import decode_event
 
 pytestmark = pytest.mark.mqtt
 
@@ -272,7 +272,7 @@ _WORKER_SCRIPT = textwrap.dedent(
     import asyncio, sys
     sys.path.insert(0, {tests!r})
     from mqtt_fixtures import tiny_generator, tiny_tokenizer
-    from streaming.mqtt import Worker, WorkerSettings
+    from specdec.streaming.mqtt import Worker, WorkerSettings
 
     async def main():
         async with Worker({url!r}, tiny_generator(delay_s=0.05), tiny_tokenizer(), settings=WorkerSettings()):

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from streaming.events import (
+from specdec.streaming.events import (
     STREAM_ID_PATTERN,
     CommitEvent,
     EndEvent,
@@ -17,8 +17,8 @@ from streaming.events import (
     Usage,
     event_to_dict,
 )
-from streaming.mqtt.errors import BadRequestError
-from streaming.mqtt.protocol import (
+from specdec.streaming.mqtt.errors import BadRequestError
+from specdec.streaming.mqtt.protocol import (
     RequestLimits,
     control_topic,
     decode_event,
@@ -28,7 +28,7 @@ from streaming.mqtt.protocol import (
     parse_request,
     stream_id_from_topic,
 )
-from streaming.mqtt.transport import BrokerConfig
+from specdec.streaming.mqtt.transport import BrokerConfig
 
 LIMITS = RequestLimits(max_new_tokens_cap=100, max_prompt_chars=1000, max_prompt_tokens=50, max_payload_bytes=20_000)
 

@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from drafts import NGramDrafter
+from specdec.drafts import NGramDrafter
 from specdec import DraftBlock, DraftContext, Drafter, InvalidArgumentError, LogitsShaper
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from drafts import OracleDrafter
+from specdec.drafts import OracleDrafter
 from specdec import DraftContext, Drafter, InvalidArgumentError, LogitsShaper, SpeculativeGenerator, oracle_token
 
 pytestmark = pytest.mark.usefixtures("one_thread")

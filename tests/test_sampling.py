@@ -22,7 +22,7 @@ import pytest
 import torch
 from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
-from drafts import ModelDrafter, NGramDrafter, OracleDrafter
+from specdec.drafts import ModelDrafter, NGramDrafter, OracleDrafter
 from specdec import LogitsShaper, SpeculativeGenerator, speculative_sample
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -9,9 +9,9 @@ import pytest
 from _streaming_fixtures import FakeGenerator, byte_level_tokenizer, run, stream_threads, tiny_llama
 from transformers import TextIteratorStreamer, TextStreamer
 
-from drafts import NGramDrafter
+from specdec.drafts import NGramDrafter
 from specdec import SpeculativeGenerator
-from streaming import (
+from specdec.streaming import (
     BlockingHub,
     CommitEvent,
     EndEvent,
@@ -22,7 +22,7 @@ from streaming import (
     iter_events,
     render_stream,
 )
-from streaming.terminal import CLEAR_TO_EOL, DIM, RESTORE_CURSOR, SAVE_CURSOR
+from specdec.streaming.terminal import CLEAR_TO_EOL, DIM, RESTORE_CURSOR, SAVE_CURSOR
 
 PROMPT = "héllo wörld 日本語 🙂 the lazy dog"
 

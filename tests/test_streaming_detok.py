@@ -7,7 +7,7 @@ import random
 import pytest
 from _streaming_fixtures import CORPUS, byte_level_tokenizer, metaspace_tokenizer
 
-from streaming import DecodeStreamDetokenizer, OffsetDetokenizer, make_detokenizer
+from specdec.streaming import DecodeStreamDetokenizer, OffsetDetokenizer, make_detokenizer
 
 TOKENIZERS = {"byte_level": byte_level_tokenizer, "metaspace": metaspace_tokenizer}
 

@@ -8,9 +8,9 @@ import time
 import pytest
 from _streaming_fixtures import WrappedDrafter, byte_level_tokenizer, run, stream_threads, tiny_llama
 
-from drafts import NGramDrafter
+from specdec.drafts import NGramDrafter
 from specdec import InvalidArgumentError, SpeculativeGenerator
-from streaming import CommitEvent, EndEvent, ErrorEvent, ProvisionalEvent, StartEvent, StreamHub
+from specdec.streaming import CommitEvent, EndEvent, ErrorEvent, ProvisionalEvent, StartEvent, StreamHub
 
 PROMPT = "the lazy dog héllo wörld 日本語 the lazy dog"
 

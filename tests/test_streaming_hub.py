@@ -17,9 +17,9 @@ from _streaming_fixtures import (
     tiny_llama,
 )
 
-from drafts import NGramDrafter
+from specdec.drafts import NGramDrafter
 from specdec import InvalidArgumentError, SpeculativeGenerator
-from streaming import (
+from specdec.streaming import (
     CommitEvent,
     EndEvent,
     ErrorEvent,

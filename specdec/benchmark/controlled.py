@@ -69,7 +69,7 @@ def run_controlled(
     """Run the sweep and return a JSON-ready dict (see :mod:`specdec.benchmark.report`).
 
     ``draft`` must be an oracle model (see :func:`oracle_model_class`) sharing
-    the target's vocabulary; ``oracle_factory`` is ``drafts.OracleDrafter``.
+    the target's vocabulary; ``oracle_factory`` is ``specdec.drafts.OracleDrafter``.
     ``prompt_ids``: LongTensor [1, L] on the target's device.
     """
     device = next(target.parameters()).device

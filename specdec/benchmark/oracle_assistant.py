@@ -1,7 +1,7 @@
 """The controlled-acceptance oracle for Hugging Face assisted generation.
 
 HF ``generate(assistant_model=...)`` drives a real model. To give it the same
-oracle as :class:`drafts.OracleDrafter`, :func:`oracle_model_class` derives a
+oracle as :class:`specdec.drafts.OracleDrafter`, :func:`oracle_model_class` derives a
 subclass of any HF causal LM class whose forward runs the real network (so it
 costs what the draft model costs) and then rewrites the last position's logits
 so that the reference token is on top with probability ``alpha`` and a random

@@ -127,9 +127,9 @@ def run_bench(options: Any, drafter_factories: Mapping[str, Callable[..., Any]],
 
     ``options``: the parsed ``specdec bench`` arguments (an ``argparse.Namespace``
     or a dict; missing keys take :data:`DEFAULTS`). ``drafter_factories``: at
-    least ``"oracle"`` (``drafts.OracleDrafter``) for the controlled workload and
-    ``"ngram"`` (``drafts.NGramDrafter``) for the real one; ``"model"``
-    (``drafts.ModelDrafter``) when ``--draft`` names a model.
+    least ``"oracle"`` (``specdec.drafts.OracleDrafter``) for the controlled workload and
+    ``"ngram"`` (``specdec.drafts.NGramDrafter``) for the real one; ``"model"``
+    (``specdec.drafts.ModelDrafter``) when ``--draft`` names a model.
 
     Returns ``{"controlled": {...}, "real": [{...} per dtype]}`` (the JSON written).
     """

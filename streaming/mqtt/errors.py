@@ -19,7 +19,7 @@ __all__ = [
 
 
 class MqttLayerError(SpecDecError):
-    """Root of the errors raised by ``streaming.mqtt``."""
+    """Root of the errors raised by ``specdec.streaming.mqtt``."""
 
 
 class TransportError(MqttLayerError):

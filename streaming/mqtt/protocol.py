@@ -2,7 +2,7 @@
 
 Everything a worker receives goes through :func:`parse_request` or
 :func:`parse_control`, which either return a validated, typed value or raise
-:class:`~streaming.mqtt.errors.BadRequestError` (never anything else: the
+:class:`~specdec.streaming.mqtt.errors.BadRequestError` (never anything else: the
 parser is fuzzed). See ``docs/mqtt.md`` for the protocol written out.
 """
 
@@ -313,5 +313,5 @@ def encode_event(event: Event) -> bytes:
 
 
 def decode_event(payload: bytes) -> Event:
-    """Parse an event payload (raises ``streaming.events.EventDecodeError`` / ``ValueError``)."""
+    """Parse an event payload (raises ``specdec.streaming.events.EventDecodeError`` / ``ValueError``)."""
     return event_from_dict(json.loads(payload.decode("utf-8")))

@@ -7,7 +7,7 @@ resumes). N workers share requests through the MQTT 5 shared subscription
 ``$share/specdec/specdec/v1/requests``.
 
 Per stream the worker keeps the log of every event it published (the
-serialized payloads, seq 0, 1, 2, ...), fed by a :class:`streaming.StreamHub`
+serialized payloads, seq 0, 1, 2, ...), fed by a :class:`specdec.streaming.StreamHub`
 subscription. A publisher task walks the log and publishes each event QoS 1
 with a message expiry; after a broker outage it picks up where the broker
 stopped acknowledging. A ``resume`` on the control topic republishes the log
