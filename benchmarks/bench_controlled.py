@@ -23,11 +23,10 @@ import argparse
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from specdec.bench import run_bench
+from specdec.drafts import OracleDrafter
 
-from specdec.drafts import OracleDrafter  # noqa: E402
-from specdec.benchmark import run_bench  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,13 +23,11 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from specdec.bench import PROMPTS, environment, progress_bar, real_table, run_real, write_json
+from specdec.drafts import NGramDrafter
+from specdec.models import load_model
 
-from specdec.drafts import NGramDrafter  # noqa: E402
-from specdec.benchmark import PROMPTS, real_table, run_real, write_json  # noqa: E402
-from specdec.benchmark.run import _progress  # noqa: E402
-from specdec.models import load_model  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_auto:
         drafters["ngram-auto"] = NGramDrafter
         ks["ngram-auto"] = "auto"
+    env = environment("cpu")
     results, texts = [], []
     for dtype in args.dtypes.split(","):
         if time.perf_counter() > deadline:
@@ -66,9 +65,9 @@ def main(argv: list[str] | None = None) -> int:
         result = run_real(
             target=target, tokenizer=tokenizer, prompts=prompts, drafters=drafters, num_draft_tokens=ks,
             hf_prompt_lookup_tokens=args.prompt_lookup_tokens, max_new_tokens=args.max_new_tokens,
-            rounds=args.rounds, warmup=args.warmup, deadline=deadline, progress=_progress(True, f"bench_ngram {dtype}"),
+            rounds=args.rounds, warmup=args.warmup, deadline=deadline, progress=progress_bar(True, f"bench_ngram {dtype}"),
         )
-        result.update(target=args.target or "SmolLM2-135M-Instruct", threads=args.threads)
+        result.update(target=args.target or "SmolLM2-135M-Instruct", threads=args.threads, environment=env)
         text = real_table(result)
         print(text, flush=True)
         results.append(result)

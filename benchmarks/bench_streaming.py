@@ -50,13 +50,10 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-
-from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
-
-from specdec.drafts import NGramDrafter  # noqa: E402
-from specdec import SpeculativeGenerator  # noqa: E402
-from specdec.streaming import CommitEvent, StreamHub  # noqa: E402
+from specdec import SpeculativeGenerator
+from specdec.bench import PROMPTS, cpu_model, random_llama
+from specdec.drafts import NGramDrafter
+from specdec.streaming import CommitEvent, StreamHub
 
 COUNTS = (0, 1, 100, 1000)
 
@@ -138,18 +135,8 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def tiny_workload(args: argparse.Namespace) -> dict[str, Any]:
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=8192,
-        hidden_size=256,
-        intermediate_size=768,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=2048,
-    )
-    model = LlamaForCausalLM(config).eval()
-    model.generation_config.eos_token_id = None
+    model = random_llama(vocab_size=8192, hidden_size=256, intermediate_size=768, num_layers=4, num_heads=4,
+                         max_positions=2048, seed=0)
     return {
         "name": "tiny",
         "description": "tiny random Llama (vocab 8192, hidden 256, 4 layers, float32), no tokenizer",
@@ -162,7 +149,6 @@ def tiny_workload(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def default_workload(args: argparse.Namespace) -> dict[str, Any]:
-    from specdec.benchmark import PROMPTS
     from specdec.models import load_model
 
     model, tok = load_model(None, dtype=torch.bfloat16)
@@ -247,19 +233,14 @@ async def run_workload(work: dict[str, Any], budgets: list[str]) -> dict[str, An
 
 
 def machine() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                 cwd=os.path.dirname(__file__), check=False).stdout.strip()
     except OSError:
         commit = ""
     return {
-        "cpu": cpu,
+        "cpu": cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -303,7 +284,7 @@ async def main(args: argparse.Namespace) -> None:
         print_table(result)
         del work
     m = report["machine"]
-    print(f"\n{m['cpu']}, {m['cpus']} CPUs; python {m['python']}, torch {m['torch']}, torch threads "
+    print(f"\n{m['cpu']} (torch CPU capability {m['cpu_capability']}), {m['cpus']} CPUs; python {m['python']}, torch {m['torch']}, torch threads "
           f"{m['torch_threads']}, GIL switch interval {m['gil_switch_interval_ms']:g} ms; commit {m['commit']}")
     if args.json:
         with open(args.json, "w") as f:
@@ -320,7 +301,7 @@ if __name__ == "__main__":
     parser.add_argument("--default-rounds", type=int, default=None, help="override --rounds for the default model")
     parser.add_argument("--tiny-tokens", type=int, default=200, help="new tokens per run, tiny model")
     parser.add_argument("--default-tokens", type=int, default=96, help="new tokens per run, default model")
-    parser.add_argument("--prompt", default="edit-email", help="benchmark prompt name (specdec.benchmark.PROMPTS)")
+    parser.add_argument("--prompt", default="edit-email", help="benchmark prompt name (specdec.bench.PROMPTS)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (the loop needs a core)")
     parser.add_argument("--switch-interval", type=float, default=None,
                         help="sys.setswitchinterval in ms (Python's default is 5 ms)")

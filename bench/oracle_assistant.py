@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from ..oracle import oracle_token
+from specdec.drafts import oracle_token
 
 __all__ = ["oracle_model_class", "configure_oracle", "configure_assistant"]
 

@@ -15,7 +15,7 @@ from typing import Callable
 
 import torch
 
-from ..cache import CausalLMAdapter
+from specdec import CausalLMAdapter
 
 __all__ = ["Timings", "device_sync", "interleave", "median", "time_forward"]
 

@@ -7,7 +7,16 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-__all__ = ["controlled_table", "real_table", "auto_summary", "hf_summary", "paired_ratio", "write_json", "plot_controlled"]
+__all__ = [
+    "auto_summary",
+    "controlled_table",
+    "hf_summary",
+    "machine_line",
+    "paired_ratio",
+    "plot_controlled",
+    "real_table",
+    "write_json",
+]
 
 
 def _f(value: Any, digits: int = 2) -> str:
@@ -25,6 +34,20 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     line = "  ".join(h.rjust(w) for h, w in zip(header, widths))
     body = ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows]
     return "\n".join([line, "  ".join("-" * w for w in widths), *body])
+
+
+def machine_line(env: dict[str, Any]) -> str:
+    """One line for the tables: the CPU model, the CPU kernels torch picked, threads (and the GPU, if any).
+
+    ``env`` is :func:`specdec.bench.run.environment`'s dict.
+    """
+    line = f"machine: {env.get('cpu', '?')} (torch CPU capability {env.get('cpu_capability', '?')}), "
+    line += f"{env.get('threads', '?')} torch threads"
+    return line + (f", GPU {env['gpu']}" if "gpu" in env else "")
+
+
+def _machine(result: dict) -> list[str]:
+    return [machine_line(result["environment"])] if result.get("environment") else []
 
 
 def controlled_table(result: dict) -> str:
@@ -52,7 +75,7 @@ def controlled_table(result: dict) -> str:
         f"target alone {result['baseline_tokens_per_s']:.1f} tok/s; speedups over the target alone"
     )
     summaries = [text for text in (auto_summary(result), hf_summary(result)) if text]
-    return "\n".join([head, _table(header, rows), *summaries])
+    return "\n".join([head, *_machine(result), _table(header, rows), *summaries])
 
 
 def paired_ratio(reference_s: list[float] | None, candidate_s: list[float] | None) -> float | None:
@@ -151,6 +174,7 @@ def real_table(result: dict) -> str:
     lines = [
         f"real workload: {result.get('target', '?')} in {result['dtype']} on {result['device']}, "
         f"{result['max_new_tokens']} new tokens max, median of {result['rounds']} interleaved rounds; x = speedup over the target alone",
+        *_machine(result),
         _table(header, rows),
     ]
     for group, per_system in result["summary"].items():

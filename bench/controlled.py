@@ -16,14 +16,13 @@ baseline a loop with no overhead besides its forward passes would reach.
 
 from __future__ import annotations
 
-import time
 from typing import Any, Callable
 
 import torch
 
-from ..adaptive import expected_tokens, ideal_speedup
-from ..generator import SpeculativeGenerator
-from .harness import device_sync, interleave, median, time_forward
+from specdec.adaptive import expected_tokens, ideal_speedup
+from specdec import SpeculativeGenerator
+from .harness import interleave, median, time_forward
 from .oracle_assistant import configure_assistant, configure_oracle
 
 __all__ = ["run_controlled", "draft_length_histogram"]

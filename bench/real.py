@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..generator import SpeculativeGenerator
+from specdec import SpeculativeGenerator
 from .harness import interleave, median
 from .workloads import Prompt, chat_ids
 

@@ -1,11 +1,12 @@
-"""``specdec bench``: the command-line entry of the benchmark engine.
+"""``specdec bench``: the command-line entry of the benchmark instrument.
 
-The CLI (``specdec/cli.py``) wires it in two calls::
+The CLI (``specdec/cli.py``) loads this package lazily and wires it in two calls::
 
     add_bench_arguments(bench_subparser)
-    run_bench(args, {"ngram": NGramDrafter, "model": ModelDrafter, "oracle": OracleDrafter})
+    run_bench(args)
 
-Drafters arrive as factories (dependency injection), so ``specdec`` never imports ``drafts``.
+Drafters come in as factories; by default the ones of :mod:`specdec.drafts`
+(the instrument sits above the three packages and may import each).
 """
 
 from __future__ import annotations
@@ -18,13 +19,15 @@ from typing import Any, Callable, Mapping
 
 import torch
 
+from specdec.drafts import ModelDrafter, NGramDrafter, OracleDrafter
+
 from . import report
 from .controlled import run_controlled
-from .oracle_assistant import oracle_model_class
+from .models import build_cost_draft
 from .real import run_real
-from .workloads import CONTROLLED_PROMPT, PROMPTS, chat_ids, random_llama
+from .workloads import CONTROLLED_PROMPT, PROMPTS, chat_ids
 
-__all__ = ["add_bench_arguments", "run_bench", "DEFAULTS"]
+__all__ = ["DEFAULTS", "add_bench_arguments", "cpu_model", "environment", "progress_bar", "run_bench"]
 
 DEFAULTS: dict[str, Any] = {
     "workload": "controlled",
@@ -94,7 +97,8 @@ def _options(options: Any) -> dict[str, Any]:
     return values
 
 
-def _progress(enabled: bool, label: str) -> Callable[[int], Callable[[str], None]] | None:
+def progress_bar(enabled: bool, label: str) -> Callable[[int], Callable[[str], None]] | None:
+    """A ``progress`` argument for the workloads: given the number of runs, a tick per run (tqdm on stderr)."""
     if not enabled:
         return None
 
@@ -117,22 +121,30 @@ def _progress(enabled: bool, label: str) -> Callable[[int], Callable[[str], None
 
 
 def _load(name: str | None, dtype: str, device: str):
-    from ..models import load_model
+    from specdec.models import load_model
 
     return load_model(name, dtype=dtype, device=device, quiet=True)
 
 
-def run_bench(options: Any, drafter_factories: Mapping[str, Callable[..., Any]], *, print_fn: Callable[[str], None] = print) -> dict:
+def run_bench(
+    options: Any,
+    drafter_factories: Mapping[str, Callable[..., Any]] | None = None,
+    *,
+    print_fn: Callable[[str], None] = print,
+) -> dict:
     """Run the benchmark(s) that ``options`` ask for; print tables; write JSON and the plot.
 
     ``options``: the parsed ``specdec bench`` arguments (an ``argparse.Namespace``
     or a dict; missing keys take :data:`DEFAULTS`). ``drafter_factories``: at
     least ``"oracle"`` (``specdec.drafts.OracleDrafter``) for the controlled workload and
     ``"ngram"`` (``specdec.drafts.NGramDrafter``) for the real one; ``"model"``
-    (``specdec.drafts.ModelDrafter``) when ``--draft`` names a model.
+    (``specdec.drafts.ModelDrafter``) when ``--draft`` names a model. Default:
+    those three.
 
     Returns ``{"controlled": {...}, "real": [{...} per dtype]}`` (the JSON written).
     """
+    if drafter_factories is None:
+        drafter_factories = {"ngram": NGramDrafter, "model": ModelDrafter, "oracle": OracleDrafter}
     o = _options(options)
     if o["threads"]:
         torch.set_num_threads(o["threads"])
@@ -140,7 +152,8 @@ def run_bench(options: Any, drafter_factories: Mapping[str, Callable[..., Any]],
     out_dir = Path(o["out_dir"])
     alphas = [float(a) for a in str(o["alphas"]).split(",") if a]
     ks = [int(k) for k in str(o["ks"]).split(",") if k]
-    results: dict[str, Any] = {"environment": _environment(o["device"])}
+    env = environment(o["device"])
+    results: dict[str, Any] = {"environment": env}
 
     if o["workload"] in ("controlled", "all"):
         dtype = (o["dtype"] or "float32").split(",")[0]
@@ -152,10 +165,10 @@ def run_bench(options: Any, drafter_factories: Mapping[str, Callable[..., Any]],
             target=target, draft=draft, prompt_ids=prompt, oracle_factory=drafter_factories["oracle"],
             alphas=alphas, ks=ks, max_new_tokens=o["max_new_tokens"], rounds=o["rounds"], warmup=o["warmup"],
             include_hf=not o["no_hf"], include_auto=not o["no_auto"], seed=o["seed"], deadline=deadline,
-            progress=_progress(o["progress"], "controlled"),
+            progress=progress_bar(o["progress"], "controlled"),
         )
         result.update(target=o["target"] or "SmolLM2-135M-Instruct", draft=_describe(draft), dtype=dtype,
-                      device=o["device"], threads=torch.get_num_threads())
+                      device=o["device"], threads=torch.get_num_threads(), environment=env)
         print_fn(report.controlled_table(result))
         results["controlled"] = result
         report.write_json(result, out_dir / "bench_controlled.json")
@@ -181,26 +194,13 @@ def run_bench(options: Any, drafter_factories: Mapping[str, Callable[..., Any]],
                 target=target, tokenizer=tokenizer, prompts=prompts, drafters=drafters, draft_model=draft_model,
                 hf_prompt_lookup_tokens=o["prompt_lookup_tokens"], max_new_tokens=o["max_new_tokens"],
                 rounds=o["rounds"], warmup=o["warmup"], num_draft_tokens=ks_for, seed=o["seed"], deadline=deadline,
-                progress=_progress(o["progress"], f"real {dtype}"),
+                progress=progress_bar(o["progress"], f"real {dtype}"),
             )
-            result.update(target=o["target"] or "SmolLM2-135M-Instruct", threads=torch.get_num_threads())
+            result.update(target=o["target"] or "SmolLM2-135M-Instruct", threads=torch.get_num_threads(), environment=env)
             print_fn(report.real_table(result))
             results["real"].append(result)
         report.write_json(results["real"], out_dir / "bench_real.json")
     return results
-
-
-def build_cost_draft(target: torch.nn.Module, *, hidden: int, layers: int, intermediate: int, seed: int = 0):
-    """A random Llama-shaped oracle draft model sharing the target's vocabulary, device and dtype."""
-    from transformers import LlamaForCausalLM
-
-    param = next(target.parameters())
-    heads = max(1, hidden // 32)
-    return random_llama(
-        vocab_size=int(target.get_output_embeddings().weight.shape[0]), hidden_size=hidden, num_layers=layers,
-        intermediate_size=intermediate, num_heads=heads, dtype=param.dtype, device=param.device, seed=seed,
-        model_class=oracle_model_class(LlamaForCausalLM),
-    )
 
 
 def _describe(model: torch.nn.Module) -> str:
@@ -209,13 +209,29 @@ def _describe(model: torch.nn.Module) -> str:
     return f"random Llama {n / 1e6:.1f}M (hidden {cfg.hidden_size}, {cfg.num_hidden_layers} layers)"
 
 
-def _environment(device: str) -> dict[str, Any]:
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; ``platform.processor()`` elsewhere)."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment(device: str) -> dict[str, Any]:
+    """The machine beside every number: versions, threads, CPU model and the CPU kernels torch picked."""
     import platform
 
     import transformers
 
     env = {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
-           "threads": torch.get_num_threads(), "machine": platform.machine()}
+           "threads": torch.get_num_threads(), "machine": platform.machine(), "cpu": cpu_model(),
+           "cpu_capability": torch.backends.cpu.get_cpu_capability()}
     if str(device).startswith("cuda") and torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name(torch.device(device))
     return env
