@@ -106,7 +106,9 @@ def random_llama(
     different tokens, and a greedy reference stops being the target's choice
     within a few tokens (see ``benchmarks/gpu_sweep.py``).
     """
-    tokens: dict[str, Any] = {} if special_tokens else {"bos_token_id": None, "eos_token_id": None, "pad_token_id": None}
+    tokens: dict[str, Any] = (
+        {} if special_tokens else {"bos_token_id": None, "eos_token_id": None, "pad_token_id": None}
+    )
     config = LlamaConfig(
         vocab_size=vocab_size,
         hidden_size=hidden_size,
@@ -122,6 +124,7 @@ def random_llama(
     if stable_greedy:
         permutation = torch.randperm(vocab_size, generator=torch.Generator().manual_seed(seed))
         embedding = model.get_input_embeddings().weight
+        assert isinstance(embedding, torch.Tensor)
         with torch.no_grad():
             model.get_output_embeddings().weight.copy_(embedding[permutation.to(embedding.device)])
             for layer in model.model.layers:
@@ -134,14 +137,20 @@ def random_llama(
 
 
 def build_cost_draft(
-    target: torch.nn.Module, *, hidden: int, layers: int, intermediate: int, seed: int = 0
+    target: PreTrainedModel, *, hidden: int, layers: int, intermediate: int, seed: int = 0
 ) -> PreTrainedModel:
     """A random Llama-shaped oracle draft model sharing the target's vocabulary, device and dtype."""
     param = next(target.parameters())
     return random_llama(
-        vocab_size=int(target.get_output_embeddings().weight.shape[0]), hidden_size=hidden, num_layers=layers,
-        intermediate_size=intermediate, num_heads=max(1, hidden // 32), dtype=param.dtype, device=param.device,
-        seed=seed, model_class=oracle_model_class(LlamaForCausalLM),
+        vocab_size=int(target.get_output_embeddings().weight.shape[0]),
+        hidden_size=hidden,
+        num_layers=layers,
+        intermediate_size=intermediate,
+        num_heads=max(1, hidden // 32),
+        dtype=param.dtype,
+        device=param.device,
+        seed=seed,
+        model_class=oracle_model_class(LlamaForCausalLM),
     )
 
 
@@ -153,7 +162,9 @@ def byte_level_bpe(corpus: Sequence[str], vocab_size: int, *, eos_token: str = "
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, min_frequency=2, special_tokens=[eos_token],
+        vocab_size=vocab_size,
+        min_frequency=2,
+        special_tokens=[eos_token],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tok.train_from_iterator(list(corpus), trainer=trainer)

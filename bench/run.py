@@ -12,12 +12,15 @@ Drafters come in as factories; by default the ones of :mod:`specdec.drafts`
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
+from transformers import PreTrainedModel
 
 from specdec.drafts import ModelDrafter, NGramDrafter, OracleDrafter
 
@@ -59,30 +62,54 @@ DEFAULTS: dict[str, Any] = {
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``specdec bench`` options to ``parser`` (a subparser)."""
     d = DEFAULTS
-    parser.add_argument("--workload", choices=["controlled", "real", "all"], default=d["workload"],
-                        help="controlled: oracle drafter with fixed alpha and a real draft cost; real: prompt set with n-gram lookup")
+    parser.add_argument(
+        "--workload",
+        choices=["controlled", "real", "all"],
+        default=d["workload"],
+        help="controlled: oracle drafter with fixed alpha and a real draft cost; real: prompt set with n-gram lookup",
+    )
     parser.add_argument("--target", default=d["target"], help="target model id/path (default: SmolLM2-135M-Instruct)")
-    parser.add_argument("--draft", default=d["draft"], help="real workload: also benchmark this draft model (id/path) against HF assisted")
-    parser.add_argument("--dtype", default=d["dtype"],
-                        help="dtype(s), comma-separated (default: float32 for controlled; float32,bfloat16 for real)")
+    parser.add_argument(
+        "--draft",
+        default=d["draft"],
+        help="real workload: also benchmark this draft model (id/path) against HF assisted",
+    )
+    parser.add_argument(
+        "--dtype",
+        default=d["dtype"],
+        help="dtype(s), comma-separated (default: float32 for controlled; float32,bfloat16 for real)",
+    )
     parser.add_argument("--device", default=d["device"], help="cpu, cuda or cuda:N")
     parser.add_argument("--alphas", default=d["alphas"], help="controlled: acceptance rates, comma-separated")
     parser.add_argument("--ks", default=d["ks"], help="controlled: draft lengths, comma-separated")
     parser.add_argument("--max-new-tokens", type=int, default=d["max_new_tokens"])
     parser.add_argument("--rounds", type=int, default=d["rounds"], help="timed interleaved rounds (medians over them)")
     parser.add_argument("--warmup", type=int, default=d["warmup"], help="untimed warm-up rounds")
-    parser.add_argument("--quick", action="store_true", help="a fast smoke run: fewer tokens, prompts, alphas and rounds")
+    parser.add_argument(
+        "--quick", action="store_true", help="a fast smoke run: fewer tokens, prompts, alphas and rounds"
+    )
     parser.add_argument("--seed", type=int, default=d["seed"])
-    parser.add_argument("--draft-hidden", type=int, default=d["draft_hidden"], help="controlled: hidden size of the random cost draft model")
+    parser.add_argument(
+        "--draft-hidden",
+        type=int,
+        default=d["draft_hidden"],
+        help="controlled: hidden size of the random cost draft model",
+    )
     parser.add_argument("--draft-layers", type=int, default=d["draft_layers"])
     parser.add_argument("--draft-intermediate", type=int, default=d["draft_intermediate"])
     parser.add_argument("--no-hf", action="store_true", help="controlled: skip HF assisted generation")
     parser.add_argument("--no-auto", action="store_true", help="controlled: skip num_draft_tokens='auto'")
-    parser.add_argument("--prompt-lookup-tokens", type=int, default=d["prompt_lookup_tokens"], help="real: HF prompt_lookup_num_tokens")
-    parser.add_argument("--ngram-k", type=int, default=d["ngram_k"], help="real: our NGramDrafter's num_draft_tokens (default: its own)")
+    parser.add_argument(
+        "--prompt-lookup-tokens", type=int, default=d["prompt_lookup_tokens"], help="real: HF prompt_lookup_num_tokens"
+    )
+    parser.add_argument(
+        "--ngram-k", type=int, default=d["ngram_k"], help="real: our NGramDrafter's num_draft_tokens (default: its own)"
+    )
     parser.add_argument("--out-dir", default=d["out_dir"], help="where the JSON files and the PNG plot go")
     parser.add_argument("--threads", type=int, default=d["threads"], help="torch CPU threads (default: torch's)")
-    parser.add_argument("--time-budget-s", type=float, default=d["time_budget_s"], help="stop starting new runs after this long")
+    parser.add_argument(
+        "--time-budget-s", type=float, default=d["time_budget_s"], help="stop starting new runs after this long"
+    )
 
 
 def _options(options: Any) -> dict[str, Any]:
@@ -91,9 +118,13 @@ def _options(options: Any) -> dict[str, Any]:
         options = vars(options)
     values.update({k: v for k, v in dict(options or {}).items() if k in DEFAULTS})
     if values["quick"]:
-        values.update(max_new_tokens=min(values["max_new_tokens"], 24), rounds=1, warmup=1,
-                      alphas="0.5,0.9" if values["alphas"] == DEFAULTS["alphas"] else values["alphas"],
-                      ks="2,4" if values["ks"] == DEFAULTS["ks"] else values["ks"])
+        values.update(
+            max_new_tokens=min(values["max_new_tokens"], 24),
+            rounds=1,
+            warmup=1,
+            alphas="0.5,0.9" if values["alphas"] == DEFAULTS["alphas"] else values["alphas"],
+            ks="2,4" if values["ks"] == DEFAULTS["ks"] else values["ks"],
+        )
     return values
 
 
@@ -158,17 +189,38 @@ def run_bench(
     if o["workload"] in ("controlled", "all"):
         dtype = (o["dtype"] or "float32").split(",")[0]
         target, tokenizer = _load(o["target"], dtype, o["device"])
-        draft = build_cost_draft(target, hidden=o["draft_hidden"], layers=o["draft_layers"],
-                                 intermediate=o["draft_intermediate"], seed=o["seed"])
+        draft = build_cost_draft(
+            target,
+            hidden=o["draft_hidden"],
+            layers=o["draft_layers"],
+            intermediate=o["draft_intermediate"],
+            seed=o["seed"],
+        )
         prompt = chat_ids(tokenizer, CONTROLLED_PROMPT)
         result = run_controlled(
-            target=target, draft=draft, prompt_ids=prompt, oracle_factory=drafter_factories["oracle"],
-            alphas=alphas, ks=ks, max_new_tokens=o["max_new_tokens"], rounds=o["rounds"], warmup=o["warmup"],
-            include_hf=not o["no_hf"], include_auto=not o["no_auto"], seed=o["seed"], deadline=deadline,
+            target=target,
+            draft=draft,
+            prompt_ids=prompt,
+            oracle_factory=drafter_factories["oracle"],
+            alphas=alphas,
+            ks=ks,
+            max_new_tokens=o["max_new_tokens"],
+            rounds=o["rounds"],
+            warmup=o["warmup"],
+            include_hf=not o["no_hf"],
+            include_auto=not o["no_auto"],
+            seed=o["seed"],
+            deadline=deadline,
             progress=progress_bar(o["progress"], "controlled"),
         )
-        result.update(target=o["target"] or "SmolLM2-135M-Instruct", draft=_describe(draft), dtype=dtype,
-                      device=o["device"], threads=torch.get_num_threads(), environment=env)
+        result.update(
+            target=o["target"] or "SmolLM2-135M-Instruct",
+            draft=_describe(draft),
+            dtype=dtype,
+            device=o["device"],
+            threads=torch.get_num_threads(),
+            environment=env,
+        )
         print_fn(report.controlled_table(result))
         results["controlled"] = result
         report.write_json(result, out_dir / "bench_controlled.json")
@@ -189,21 +241,34 @@ def run_bench(
             drafters: dict[str, Callable[[], Any]] = {"ngram": ngram}
             ks_for: dict[str, Any] = {"ngram": o["ngram_k"]}
             if draft_model is not None and "model" in drafter_factories:
-                drafters["model"] = lambda: drafter_factories["model"](draft_model, num_draft_tokens=ks[0] if len(ks) == 1 else 4)
+                drafters["model"] = functools.partial(
+                    drafter_factories["model"], draft_model, num_draft_tokens=ks[0] if len(ks) == 1 else 4
+                )
             result = run_real(
-                target=target, tokenizer=tokenizer, prompts=prompts, drafters=drafters, draft_model=draft_model,
-                hf_prompt_lookup_tokens=o["prompt_lookup_tokens"], max_new_tokens=o["max_new_tokens"],
-                rounds=o["rounds"], warmup=o["warmup"], num_draft_tokens=ks_for, seed=o["seed"], deadline=deadline,
+                target=target,
+                tokenizer=tokenizer,
+                prompts=prompts,
+                drafters=drafters,
+                draft_model=draft_model,
+                hf_prompt_lookup_tokens=o["prompt_lookup_tokens"],
+                max_new_tokens=o["max_new_tokens"],
+                rounds=o["rounds"],
+                warmup=o["warmup"],
+                num_draft_tokens=ks_for,
+                seed=o["seed"],
+                deadline=deadline,
                 progress=progress_bar(o["progress"], f"real {dtype}"),
             )
-            result.update(target=o["target"] or "SmolLM2-135M-Instruct", threads=torch.get_num_threads(), environment=env)
+            result.update(
+                target=o["target"] or "SmolLM2-135M-Instruct", threads=torch.get_num_threads(), environment=env
+            )
             print_fn(report.real_table(result))
             results["real"].append(result)
         report.write_json(results["real"], out_dir / "bench_real.json")
     return results
 
 
-def _describe(model: torch.nn.Module) -> str:
+def _describe(model: PreTrainedModel) -> str:
     n = sum(p.numel() for p in model.parameters())
     cfg = model.config
     return f"random Llama {n / 1e6:.1f}M (hidden {cfg.hidden_size}, {cfg.num_hidden_layers} layers)"
@@ -229,9 +294,15 @@ def environment(device: str) -> dict[str, Any]:
 
     import transformers
 
-    env = {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
-           "threads": torch.get_num_threads(), "machine": platform.machine(), "cpu": cpu_model(),
-           "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    env = {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+        "cpu": cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    }
     if str(device).startswith("cuda") and torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name(torch.device(device))
     return env

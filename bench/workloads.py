@@ -30,7 +30,7 @@ _TYPO_TEXT = (
     "meeting on thursday. Thanks for you're help, and have a good week."
 )
 
-_CODE = '''def total_price(items, tax):
+_CODE = """def total_price(items, tax):
     t = 0
     for i in items:
         t = t + i["price"] * i["quantity"]
@@ -45,7 +45,7 @@ def average_price(items):
         t = t + i["price"]
         n = n + 1
     return t / n
-'''
+"""
 
 _DOCUMENT = (
     "Product manual, section 4: Battery and charging. The X200 headphones use a 600 mAh lithium-ion battery. "
@@ -66,7 +66,12 @@ class Prompt:
 
 
 PROMPTS: tuple[Prompt, ...] = (
-    Prompt("edit-email", "edit", True, f"Correct the spelling and grammar mistakes in this email. Return the full corrected email.\n\n{_TYPO_TEXT}"),
+    Prompt(
+        "edit-email",
+        "edit",
+        True,
+        f"Correct the spelling and grammar mistakes in this email. Return the full corrected email.\n\n{_TYPO_TEXT}",
+    ),
     Prompt("summarise-reef", "summarise", True, f"Summarise the following text in three sentences.\n\n{_PASSAGE}"),
     Prompt(
         "doc-qa-battery",
@@ -75,8 +80,15 @@ PROMPTS: tuple[Prompt, ...] = (
         f"Read the document and answer: how long does a full charge take, how much playback does it give with and "
         f"without noise cancelling, and how do I reset the headphones?\n\nDocument: {_DOCUMENT}",
     ),
-    Prompt("code-rename", "code-edit", True, f"Rewrite this Python code, renaming the variable t to total and i to item. Return the whole code.\n\n{_CODE}"),
-    Prompt("open-story", "open", False, "Write a short story about a lighthouse keeper who finds a message in a bottle."),
+    Prompt(
+        "code-rename",
+        "code-edit",
+        True,
+        f"Rewrite this Python code, renaming the variable t to total and i to item. Return the whole code.\n\n{_CODE}",
+    ),
+    Prompt(
+        "open-story", "open", False, "Write a short story about a lighthouse keeper who finds a message in a bottle."
+    ),
     Prompt("open-explain", "open", False, "Explain how a bicycle's gears work to a ten-year-old."),
 )
 

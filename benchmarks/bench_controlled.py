@@ -38,8 +38,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads (default 1: on a shared 2-core machine it is steadier than 2)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1: on a shared 2-core machine it is steadier than 2)",
+    )
     parser.add_argument("--draft-hidden", type=int, default=128)
     parser.add_argument("--draft-layers", type=int, default=2)
     parser.add_argument("--draft-intermediate", type=int, default=256)

@@ -37,9 +37,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads (default 1: on a shared 2-core machine it is steadier than 2)")
-    parser.add_argument("--prompt-lookup-tokens", type=int, default=10, help="HF prompt_lookup_num_tokens (HF's documented value)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1: on a shared 2-core machine it is steadier than 2)",
+    )
+    parser.add_argument(
+        "--prompt-lookup-tokens", type=int, default=10, help="HF prompt_lookup_num_tokens (HF's documented value)"
+    )
     parser.add_argument("--no-auto", action="store_true", help="skip ours with num_draft_tokens='auto'")
     parser.add_argument("--quick", action="store_true", help="3 prompts, 24 tokens, 1 round, float32 only")
     parser.add_argument("--out-dir", default=str(ROOT / "docs"))
@@ -63,9 +69,17 @@ def main(argv: list[str] | None = None) -> int:
             break
         target, tokenizer = load_model(args.target, dtype=dtype, device="cpu", quiet=True)
         result = run_real(
-            target=target, tokenizer=tokenizer, prompts=prompts, drafters=drafters, num_draft_tokens=ks,
-            hf_prompt_lookup_tokens=args.prompt_lookup_tokens, max_new_tokens=args.max_new_tokens,
-            rounds=args.rounds, warmup=args.warmup, deadline=deadline, progress=progress_bar(True, f"bench_ngram {dtype}"),
+            target=target,
+            tokenizer=tokenizer,
+            prompts=prompts,
+            drafters=drafters,
+            num_draft_tokens=ks,
+            hf_prompt_lookup_tokens=args.prompt_lookup_tokens,
+            max_new_tokens=args.max_new_tokens,
+            rounds=args.rounds,
+            warmup=args.warmup,
+            deadline=deadline,
+            progress=progress_bar(True, f"bench_ngram {dtype}"),
         )
         result.update(target=args.target or "SmolLM2-135M-Instruct", threads=args.threads, environment=env)
         text = real_table(result)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import random
 
 import torch
+from transformers import PreTrainedModel
 
 from specdec import CausalLMAdapter, DraftBlock, DraftContext, InvalidArgumentError
 
@@ -64,7 +65,7 @@ class OracleDrafter:
         seed: int = 0,
         *,
         num_draft_tokens: int = 4,
-        cost_model: torch.nn.Module | None = None,
+        cost_model: PreTrainedModel | None = None,
     ) -> None:
         reference = torch.as_tensor(reference_ids)
         if reference.dim() == 2 and reference.shape[0] == 1:

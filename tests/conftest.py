@@ -12,7 +12,8 @@ forward runs under ``inference_mode``).
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch

@@ -64,7 +64,9 @@ def test_hf_assisted_with_oracle_is_exact(target, draft, alpha):
     configure_oracle(draft, reference[0].tolist(), alpha, seed=3)
     configure_assistant(draft, 4)
     with torch.inference_mode():
-        out = target.generate(prompt, attention_mask=torch.ones_like(prompt), assistant_model=draft, do_sample=False, max_new_tokens=20)
+        out = target.generate(
+            prompt, attention_mask=torch.ones_like(prompt), assistant_model=draft, do_sample=False, max_new_tokens=20
+        )
     configure_oracle(draft, None)
     assert torch.equal(out, reference)
 

@@ -1,6 +1,6 @@
 """The package layering of the design card, checked by scanning the import statements of every source file.
 
-    specdec            imports neither specdec.drafts nor specdec.streaming (specdec/cli.py, the one wiring module, aside)
+    specdec            imports neither specdec.drafts nor specdec.streaming (specdec/cli.py, the wiring module, aside)
     specdec.drafts     imports the core's public names only, never specdec.streaming
     specdec.streaming  imports the core's public names only, never specdec.drafts
     specdec.bench      the benchmark instrument, above the three: it may import any of them; none of them
@@ -23,7 +23,12 @@ import specdec
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("specdec", "drafts", "streaming", "bench")  # folders
-IMPORT_NAMES = {"specdec": "specdec", "drafts": "specdec.drafts", "streaming": "specdec.streaming", "bench": "specdec.bench"}
+IMPORT_NAMES = {
+    "specdec": "specdec",
+    "drafts": "specdec.drafts",
+    "streaming": "specdec.streaming",
+    "bench": "specdec.bench",
+}
 SUBPACKAGES = ("specdec.drafts", "specdec.streaming", "specdec.bench")
 WIRING_MODULES = {"specdec.cli"}  # allowed to import all three packages, and the bench lazily
 FORBIDDEN = {
@@ -227,7 +232,7 @@ def test_the_scan_sees_the_bench_rules(tmp_path, monkeypatch):
 
 
 def test_namespace_survives_other_top_level_streaming_and_drafts(tmp_path):
-    """``streaming`` is also mosaicml-streaming's top-level package, ``drafts`` is as generic: ours live under specdec."""
+    """``streaming`` is also mosaicml-streaming's top-level package, ``drafts`` as generic: ours live under specdec."""
     import subprocess
     import sys
 
