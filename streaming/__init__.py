@@ -25,15 +25,12 @@ from .events import (
     event_to_dict,
     validate_stream_id,
 )
-from .hub import (
-    OverflowPolicy,
-    Stream,
-    StreamError,
-    StreamExpiredError,
-    StreamHub,
-    Subscription,
-    UnknownStreamError,
-)
+from ._log import EventLog
+from ._subscription import OverflowPolicy, Subscription
+from .errors import StreamError, StreamExpiredError, StreamingError, UnknownStreamError
+from .events import FinishReason
+from .hub import StreamHub
+from .stream import Stream
 from .terminal import TerminalRenderer, render_stream
 
 __all__ = [
@@ -48,6 +45,8 @@ __all__ = [
     "ErrorEvent",
     "Event",
     "EventDecodeError",
+    "EventLog",
+    "FinishReason",
     "OffsetDetokenizer",
     "OverflowPolicy",
     "ProvisionalEvent",
@@ -56,6 +55,7 @@ __all__ = [
     "StreamError",
     "StreamExpiredError",
     "StreamHub",
+    "StreamingError",
     "Subscription",
     "TerminalRenderer",
     "UnknownStreamError",
