@@ -1,6 +1,7 @@
 """A small MQTT 5 transport interface, and its aiomqtt (>=2.5,<3) implementation.
 
-The worker and the client only use :class:`Transport`: connect / disconnect as
+The reconnecting :class:`~specdec.streaming.mqtt.connection.Connection` (used by
+both the worker and the client) only uses :class:`Transport`: connect / disconnect as
 an async context manager, ``publish``, ``subscribe`` and an async iterator of
 incoming :class:`Message`. Everything aiomqtt- or paho-specific (properties,
 the Will, TLS, error types) stays in :class:`AiomqttTransport`, so an aiomqtt 3
@@ -26,7 +27,7 @@ from types import TracebackType
 from typing import AsyncIterator, Callable, Iterator, Protocol
 from urllib.parse import urlsplit
 
-from .errors import TransportError
+from .errors import BrokerUnreachableError, ConnectionLostError, TransportError
 
 __all__ = [
     "BrokerConfig",
@@ -203,10 +204,8 @@ class AiomqttTransport:
     async def __aenter__(self) -> "AiomqttTransport":
         try:
             await self._client.__aenter__()
-        except self._aiomqtt.MqttError as exc:
-            raise TransportError(
-                f"cannot connect to {self.config.host}:{self.config.port}: {exc}"
-            ) from exc
+        except (self._aiomqtt.MqttError, OSError) as exc:
+            raise BrokerUnreachableError(f"cannot connect to {self.config.host}:{self.config.port}: {exc}") from exc
         return self
 
     async def __aexit__(
@@ -248,7 +247,7 @@ class AiomqttTransport:
             try:
                 message = await iterator.__anext__()
             except self._aiomqtt.MqttError as exc:
-                raise TransportError(f"connection to the broker lost: {exc}") from exc
+                raise ConnectionLostError(f"connection to the broker lost: {exc}") from exc
             payload = message.payload
             if isinstance(payload, str):
                 payload = payload.encode()
