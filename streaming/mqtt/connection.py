@@ -65,6 +65,7 @@ class Connection:
         on_message: Callable[[Message], None] | None = None,
         on_connect: Callable[[Session], Awaitable[None]] | None = None,
         label: str = "connection",
+        quiet: bool = False,
     ) -> None:
         self.config = config
         self.client_id = client_id
@@ -75,6 +76,7 @@ class Connection:
         self._on_message = on_message
         self._on_connect = on_connect
         self.label = label
+        self._warn = log.debug if quiet else log.warning  # guards reconnect quietly: the worker already says it
         self._session: Session | None = None
         self._live = asyncio.Event()
         self.connections = 0  # successful connects so far
@@ -120,7 +122,7 @@ class Connection:
                 await self._serve_one()
                 delays = backoff_delays()
                 attempts = 0
-                log.warning("%s: connection to %s closed; reconnecting", self.label, self.where)
+                self._warn("%s: connection to %s closed; reconnecting", self.label, self.where)
             except TransportError as exc:
                 attempts += 1
                 if self.connections == 0:
@@ -130,12 +132,12 @@ class Connection:
                     if fail_fast:
                         raise error from exc
                     if attempts % _UNREACHABLE_LOG_EVERY == 1:
-                        log.warning("%s (attempt %d; retrying)", error, attempts)
+                        self._warn("%s (attempt %d; retrying)", error, attempts)
                 else:
                     if attempts == 1:
-                        log.warning("%s: connection to %s lost (%s); reconnecting", self.label, self.where, exc)
+                        self._warn("%s: connection to %s lost (%s); reconnecting", self.label, self.where, exc)
                     if self.connections and attempts % _UNREACHABLE_LOG_EVERY == 0:
-                        log.warning("%s: still reconnecting to %s (attempt %d)", self.label, self.where, attempts)
+                        self._warn("%s: still reconnecting to %s (attempt %d)", self.label, self.where, attempts)
             await asyncio.sleep(next(delays))
 
     async def _serve_one(self) -> None:

@@ -20,10 +20,10 @@ Example::
 
 from __future__ import annotations
 
+from ..events import ErrorEvent
 from .connection import Connection
 from .protocol import OUT_OF_BAND_SEQ, encode_event, events_topic
 from .transport import BrokerConfig, TransportFactory, WillSpec
-from ..events import ErrorEvent
 
 __all__ = ["Guards"]
 
@@ -70,6 +70,7 @@ class Guards:
             will=self.will(stream_id),
             session_expiry_s=self._will_delay_s or None,
             label=f"guard {stream_id}",
+            quiet=True,
         )
 
     async def hold(self, stream_id: str) -> None:
