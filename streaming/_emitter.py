@@ -10,12 +10,13 @@ emitter knows nothing of the loop, the log or the subscribers.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from specdec import SpecOutput, VerifiedBlock
 
 from .detok import make_detokenizer
-from .events import CommitEvent, EndEvent, ErrorEvent, Event, ProvisionalEvent, Usage
+from .events import CommitEvent, EndEvent, ErrorEvent, Event, FinishReason, ProvisionalEvent, Usage
 
 __all__ = ["Emitter", "Finish"]
 
@@ -121,7 +122,7 @@ class Emitter:
                     retryable=False,
                 )
             )
-            finish_reason = "error"
+            finish_reason: FinishReason = "error"
             usage = Usage(
                 prompt_tokens=prompt_tokens,
                 completion_tokens=self.n_committed,

@@ -136,9 +136,9 @@ class Subscription:
                     if waiter.cancelled():  # the consumer was cancelled: do not leave its future behind
                         events.forget(waiter)
             else:
-                event = self._next_special()
-                if event is not None:
-                    return event
+                special = self._next_special()
+                if special is not None:
+                    return special
 
     def _next_special(self) -> Event | None:
         """The next event from the replay or the set-aside events; ``None`` once back to reading the log."""
@@ -219,7 +219,7 @@ class Subscription:
         self._plain = False
         waiting, newest_seq = len(backlog), backlog[-1].seq
         if self._overflow == "merge":
-            kept = [e for e in backlog if not isinstance(e, ProvisionalEvent)]
+            kept: list[Event] = [e for e in backlog if not isinstance(e, ProvisionalEvent)]
             self.dropped += len(backlog) - len(kept)
             if len(kept) > self._maxsize:
                 merged: list[Event] = []

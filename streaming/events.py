@@ -129,7 +129,7 @@ def event_from_dict(data: Any) -> Event:
         raise EventDecodeError(f"an event must be a JSON object, got {type(data).__name__}")
     if data.get("v") != SCHEMA_VERSION:
         raise EventDecodeError(f"unsupported event schema version {data.get('v')!r} (expected {SCHEMA_VERSION})")
-    cls = _TYPES.get(data.get("type"))
+    cls = _TYPES.get(str(data.get("type")))
     if cls is None:
         raise EventDecodeError(f"unknown event type {data.get('type')!r}")
     fields = dict(data)

@@ -20,7 +20,8 @@ import asyncio
 import collections
 import threading
 import weakref
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 

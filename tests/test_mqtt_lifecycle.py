@@ -18,8 +18,6 @@ from pathlib import Path
 
 import pytest
 from mqtt_fixtures import broker, reference_ids, run, tiny_generator, tiny_tokenizer  # noqa: F401
-
-from specdec import SpecDecError
 from specdec.streaming.mqtt import (
     REQUEST_TOPIC,
     BrokerConfig,
@@ -38,6 +36,8 @@ from specdec.streaming.mqtt import (
 )
 from specdec.streaming.mqtt.broker import LocalMosquitto, find_mosquitto, free_port
 from specdec.streaming.mqtt.protocol import decode_event, encode_json
+
+from specdec import SpecDecError
 
 PROMPT = "the quick brown fox"
 SETTINGS = WorkerSettings(model_name="tiny-llama", draft_name="ngram", limits=RequestLimits(max_new_tokens_cap=300))
@@ -60,7 +60,7 @@ async def _collect_until_ends(raw, sids: set[str], quiet_s: float) -> dict[str, 
             return got
         try:
             message = await asyncio.wait_for(iterator.__anext__(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return got
         event = decode_event(message.payload)
         got[event.stream_id].append(event)

@@ -39,8 +39,9 @@ from .protocol import (
     parse_request,
     worker_status_topic,
 )
+from .serve import serve
 from .transport import BrokerConfig, Transport, WillSpec, connect
-from .worker import Worker, WorkerSettings, serve
+from .worker import Worker, WorkerSettings
 
 __all__ = [
     "BadRequestError",

@@ -28,8 +28,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from .errors import TransportError
 
@@ -97,9 +97,10 @@ class LocalMosquitto:
         binary: str | None = None,
         config_text: str | None = None,
     ) -> None:
-        self.binary = binary or find_mosquitto()
-        if self.binary is None:
+        found = binary or find_mosquitto()
+        if found is None:
             raise TransportError("the mosquitto binary is not installed (Debian/Ubuntu: apt-get install mosquitto)")
+        self.binary: str = found
         self.host = host
         self.port = port or free_port(host)
         self._dir = Path(tempfile.mkdtemp(prefix="specdec-mosquitto-"))
@@ -144,7 +145,7 @@ class LocalMosquitto:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
-    def start(self, timeout_s: float = 10.0) -> "LocalMosquitto":
+    def start(self, timeout_s: float = 10.0) -> LocalMosquitto:
         if self.running:
             return self
         if _listening(self.host, self.port):
@@ -196,7 +197,7 @@ class LocalMosquitto:
         self.stop()
         shutil.rmtree(self._dir, ignore_errors=True)
 
-    def __enter__(self) -> "LocalMosquitto":
+    def __enter__(self) -> LocalMosquitto:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -41,9 +41,10 @@ import contextlib
 import logging
 import random
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, AsyncIterator
+from typing import Any
 
 from ..errors import EventDecodeError
 from ..events import ErrorEvent, Event, validate_stream_id
@@ -132,7 +133,7 @@ class StreamClient:
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def __aenter__(self) -> "StreamClient":
+    async def __aenter__(self) -> StreamClient:
         """Connect (raises :class:`BrokerUnreachableError` with a hint when the broker cannot be reached)."""
         async with contextlib.AsyncExitStack() as stack:
             await stack.enter_async_context(self._conn)
@@ -321,7 +322,7 @@ class StreamClient:
                     wait_s = min(wait_s, answer_deadline - loop.time())
                 try:
                     item = await asyncio.wait_for(sub.queue.get(), wait_s)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     item = None
                 if lost is not None and item is None and loop.time() >= lost_deadline:
                     raise WorkerLostError(lost.message, code=lost.code, retryable=lost.retryable, stream_id=stream_id)

@@ -26,9 +26,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Awaitable, Callable, Iterable
 
 from .errors import START_BROKER_HINT, BrokerUnreachableError, TransportError
 from .transport import BrokerConfig, Message, Transport, TransportFactory, WillSpec, backoff_delays, connect

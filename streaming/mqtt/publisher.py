@@ -119,8 +119,8 @@ class LogPublisher:
                 await self._changed.wait()
         finally:
             session.lost.remove_done_callback(self._wake)
-            for future in inflight:
-                future.cancel()
+            for pending in inflight:
+                pending.cancel()
             if inflight:
                 await asyncio.gather(*inflight, return_exceptions=True)
 

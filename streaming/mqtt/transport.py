@@ -22,9 +22,10 @@ import logging
 import random
 import socket
 import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
-from typing import AsyncIterator, Callable, Iterator, Protocol
+from typing import Protocol
 from urllib.parse import urlsplit
 
 from .errors import BrokerUnreachableError, ConnectionLostError, TransportError
@@ -61,7 +62,7 @@ class BrokerConfig:
         username: str | None = None,
         password: str | None = None,
         tls_ca: str | None = None,
-    ) -> "BrokerConfig":
+    ) -> BrokerConfig:
         """Parse ``mqtt://host[:port]`` or ``mqtts://host[:port]`` (user:password@ in the URL also works)."""
         if not isinstance(url, str) or "://" not in url:
             raise ValueError(f"broker URL must look like mqtt://host:port or mqtts://host:port, got {url!r}")
@@ -112,7 +113,7 @@ class WillSpec:
 class Transport(Protocol):
     """What the worker and client need from an MQTT 5 connection."""
 
-    async def __aenter__(self) -> "Transport": ...
+    async def __aenter__(self) -> Transport: ...
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -201,7 +202,7 @@ class AiomqttTransport:
             logger=_AIOMQTT_LOG,
         )
 
-    async def __aenter__(self) -> "AiomqttTransport":
+    async def __aenter__(self) -> AiomqttTransport:
         try:
             await self._client.__aenter__()
         except (self._aiomqtt.MqttError, OSError) as exc:

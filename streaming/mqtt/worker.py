@@ -30,10 +30,10 @@ publishes the ``offline`` status, and returns (``run`` returns after ``stop()``;
 it re-raises ``CancelledError`` after a cancel). ``worker.status`` is then
 ``"stopped"``. ``await worker.close()`` does the same and waits.
 
-Example::
+Example (:func:`specdec.streaming.mqtt.serve` wraps this, with signals and an optional local broker)::
 
-    await serve("mqtt://127.0.0.1:1883", generator, tokenizer, model_name="tiny", draft_name="ngram",
-                handle_signals=True)      # SIGINT / SIGTERM stop it gracefully; returns then
+    async with Worker("mqtt://127.0.0.1:1883", generator, tokenizer, settings=WorkerSettings(model_name="tiny")):
+        await stop_requested.wait()        # leaving the block stops the worker gracefully
 """
 
 from __future__ import annotations
@@ -41,11 +41,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from ..events import EndEvent, ErrorEvent, Usage
 from .connection import Connection, Session
@@ -66,7 +65,7 @@ from .protocol import (
 from .publisher import LogPublisher
 from .transport import BrokerConfig, Message, TransportFactory, WillSpec, connect
 
-__all__ = ["WorkerSettings", "Worker", "serve"]
+__all__ = ["WorkerSettings", "Worker"]
 
 log = logging.getLogger(__name__)
 
@@ -406,76 +405,3 @@ class Worker:
             return
         ws.hub_stream = stream
         self._attach(ws, stream.log)
-
-
-async def serve(
-    broker_url: str,
-    gen: Any,
-    tokenizer: Any,
-    *,
-    username: str | None = None,
-    password: str | None = None,
-    tls_ca: str | None = None,
-    max_new_tokens_cap: int = 1024,
-    model_name: str = "unknown",
-    draft_name: str = "unknown",
-    start_broker: bool = False,
-    worker_id: str | None = None,
-    settings: WorkerSettings | None = None,
-    handle_signals: bool = False,
-    on_ready: Callable[[Worker], None] | None = None,
-) -> None:
-    """Run one worker until stopped; stop gracefully on cancel (Ctrl-C under ``asyncio.run``).
-
-    ``broker_url`` is ``mqtt://host:port`` or ``mqtts://host:port``. With
-    ``start_broker=True`` a private mosquitto is started on the URL's loopback
-    host and port first, and stopped on exit (and it dies with this process on
-    Linux even if this process is killed). ``settings`` overrides every other
-    knob when given (``max_new_tokens_cap``, names, ``worker_id``).
-    ``handle_signals=True``: SIGINT and SIGTERM stop the worker gracefully and
-    ``serve`` returns normally. ``on_ready(worker)`` is called once the worker
-    is connected and subscribed (e.g. to print a ready line).
-    """
-    config = BrokerConfig.from_url(broker_url, username=username, password=password, tls_ca=tls_ca)
-    if settings is None:
-        settings = WorkerSettings(
-            model_name=model_name,
-            draft_name=draft_name,
-            worker_id=worker_id,
-            limits=RequestLimits(
-                max_new_tokens_cap=max_new_tokens_cap,
-                default_max_new_tokens=min(256, max_new_tokens_cap),
-            ),
-        )
-    broker = None
-    if start_broker:
-        from .broker import LocalMosquitto
-
-        if config.host not in ("127.0.0.1", "localhost", "::1"):
-            raise ValueError(
-                f"--start-broker runs a local mosquitto; the broker URL must be loopback, not {config.host}"
-            )
-        broker = LocalMosquitto(port=config.port, host="127.0.0.1").start()
-    loop = asyncio.get_running_loop()
-    worker = Worker(config, gen, tokenizer, settings=settings)
-    installed: list[int] = []
-    try:
-        if handle_signals:
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                with contextlib.suppress(NotImplementedError, RuntimeError):  # not on this platform / thread
-                    loop.add_signal_handler(signum, worker.stop)
-                    installed.append(signum)
-        async with asyncio.TaskGroup() as tg:
-            runner = tg.create_task(worker.run(), name=f"specdec-worker-{worker.worker_id}")
-            if on_ready is not None:
-                ready = tg.create_task(worker.ready.wait())
-                await asyncio.wait({ready, runner}, return_when=asyncio.FIRST_COMPLETED)
-                if ready.done():
-                    on_ready(worker)
-                else:
-                    ready.cancel()
-    finally:
-        for signum in installed:
-            loop.remove_signal_handler(signum)
-        if broker is not None:
-            broker.close()
