@@ -230,3 +230,20 @@ def test_local_broker_logs_to_a_file_it_can_write_and_never_reuses_a_taken_port(
             LocalMosquitto(port=first.port).start()
         port = first.port
     assert not _listening(port)
+
+
+def test_resume_replays_provisionals_so_the_sequence_stays_gap_free(broker):  # noqa: F811
+    async def body():
+        async with Worker(broker.url, tiny_generator(), tiny_tokenizer(), settings=SETTINGS), StreamClient(
+            broker.url
+        ) as client:
+            sid = new_stream_id()
+            own = [e async for e in client.generate(PROMPT, stream_id=sid, max_new_tokens=30, provisional=True)]
+            async with StreamClient(broker.url, max_resume_attempts=2) as late:
+                replayed = [e async for e in late.watch(sid, replay=True)]
+        return own, replayed
+
+    own, replayed = run(body)
+    assert any(e.type == "provisional" for e in own)
+    assert [e.seq for e in own] == list(range(len(own)))
+    assert [(e.seq, e.type) for e in replayed] == [(e.seq, e.type) for e in own]

@@ -11,9 +11,10 @@ same object the in-process hub keeps (no copy). The lossless policy:
   acknowledged prefix, and after a lost connection publishing starts again at
   the first unacknowledged event (events after it may reach subscribers twice,
   which QoS 1 allows and clients deduplicate by ``seq``);
-- a ``resume`` republishes ``log.history`` (every event but provisionals, which
-  the protocol never replays) with ``seq > after_seq`` up to the last
-  acknowledged one; later events are on their way through the publisher;
+- a ``resume`` republishes every logged event with ``seq > after_seq`` up to
+  the last acknowledged one, provisionals included, so that the sequence a
+  client reorders by ``seq`` stays gap-free (a stale provisional is ignored by
+  the client); later events are on their way through the publisher;
 - the worker holds the log object until the stream has been published and its
   ``linger_s`` has passed, so a hub expiring the stream never takes events from
   under the publisher.
@@ -25,7 +26,6 @@ import asyncio
 from collections import deque
 
 from .._log import EventLog
-from ..events import ProvisionalEvent
 from .connection import Connection, Session
 from .errors import TransportError
 from .protocol import encode_event
@@ -143,7 +143,7 @@ class LogPublisher:
                 payloads = [
                     self._payload(i)
                     for i in range(min(self.acked, len(entries)))
-                    if entries[i].seq > after_seq and not isinstance(entries[i], ProvisionalEvent)
+                    if entries[i].seq > after_seq
                 ]
                 for start in range(0, len(payloads), _REPLAY_BATCH):
                     chunk = payloads[start : start + _REPLAY_BATCH]
