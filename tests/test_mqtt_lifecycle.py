@@ -247,3 +247,11 @@ def test_resume_replays_provisionals_so_the_sequence_stays_gap_free(broker):  # 
     assert any(e.type == "provisional" for e in own)
     assert [e.seq for e in own] == list(range(len(own)))
     assert [(e.seq, e.type) for e in replayed] == [(e.seq, e.type) for e in own]
+
+
+def test_worker_settings_are_validated():
+    for bad in ({"shutdown_timeout_s": 0}, {"max_open_streams": 0}, {"linger_s": -1}, {"event_expiry_s": "600"},
+                {"will_delay_s": True}):
+        with pytest.raises(ValueError, match=next(iter(bad))) as info:
+            WorkerSettings(**bad)
+        assert isinstance(info.value, SpecDecError)

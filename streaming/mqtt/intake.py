@@ -19,7 +19,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 from .._log import EventLog
 from ..events import EndEvent, ErrorEvent, Event, Usage
@@ -83,7 +83,7 @@ class Replay:
     stream: WorkerStream
 
 
-Admission = Union[Accept, Reject, Duplicate, Replay]
+Admission = Accept | Reject | Duplicate | Replay
 
 
 class Intake:

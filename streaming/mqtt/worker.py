@@ -43,7 +43,6 @@ import contextlib
 import logging
 import time
 import uuid
-from dataclasses import dataclass, field
 from typing import Any
 
 from ..events import EndEvent, ErrorEvent, Usage
@@ -55,7 +54,6 @@ from .protocol import (
     CONTROL_WILDCARD,
     OUT_OF_BAND_SEQ,
     SHARED_REQUEST_TOPIC,
-    RequestLimits,
     encode_event,
     encode_json,
     events_topic,
@@ -63,6 +61,7 @@ from .protocol import (
     worker_status_topic,
 )
 from .publisher import LogPublisher
+from .settings import WorkerSettings
 from .transport import BrokerConfig, Message, TransportFactory, WillSpec, connect
 
 __all__ = ["WorkerSettings", "Worker"]
@@ -70,23 +69,6 @@ __all__ = ["WorkerSettings", "Worker"]
 log = logging.getLogger(__name__)
 
 _PUBLISH_WINDOW = 1000  # unacknowledged event publishes per stream (the transport's in-flight window)
-
-
-@dataclass(frozen=True, kw_only=True)
-class WorkerSettings:
-    """Knobs of a worker; the defaults suit one machine."""
-
-    model_name: str = "unknown"  # "unknown": the hub's guess from the generator
-    draft_name: str = "unknown"
-    limits: RequestLimits = field(default_factory=RequestLimits)
-    worker_id: str | None = None  # default: a random id
-    event_expiry_s: int = 600  # MQTT 5 message expiry on every event
-    linger_s: float = 120.0  # how long a finished stream's log stays available for resume
-    max_open_streams: int = 64  # queued + generating; beyond it requests get error(code="busy")
-    max_tracked_streams: int = 10_000  # finished streams kept for linger; oldest dropped first
-    will_delay_s: int = 0  # MQTT 5 Will Delay Interval for the guard and status Wills
-    guards: bool = True  # per-stream Will connections (see specdec.streaming.mqtt.guards)
-    shutdown_timeout_s: float = 10.0  # a graceful stop waits this long for open streams' last events
 
 
 class _Stopped(Exception):
