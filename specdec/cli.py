@@ -12,7 +12,6 @@ it exits 130 quietly. ``serve`` stops on SIGINT or SIGTERM (exit 0).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
