@@ -80,7 +80,7 @@ def _no_crash(err: str) -> None:
 def test_ctrl_c_during_generation_prints_text_and_stats_and_exits_130(tiny_dir):
     proc, out, err = _spawn(
         "generate", "the quick brown fox", "--target", str(tiny_dir), "--no-chat", "--device", "cpu",
-        "--max-new-tokens", "8000",
+        "--max-new-tokens", "8000", "--verbose",
     )  # fmt: skip
     try:
         out.wait_for(lambda data: len(data) > 20, 120, proc)  # generation is under way
@@ -99,6 +99,7 @@ def test_ctrl_c_during_generation_prints_text_and_stats_and_exits_130(tiny_dir):
     assert 1 <= tokens < 8000
     assert len(text.strip()) > 20  # the text so far stays on stdout
     assert stopped_in < 10
+    assert "device cpu; dtype float32 (auto: CPU capability" in log or "dtype bfloat16 (auto: CPU" in log  # --verbose
 
 
 def test_ctrl_c_while_loading_exits_130_quietly(tiny_dir):
