@@ -108,8 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--show-drafts", action="store_true", help="show draft tokens dimmed before verification")
     gen.add_argument("--json", action="store_true", help="print the statistics as JSON on the last line")
 
-    serve = sub.add_parser("serve", help="serve generation requests over MQTT")
+    serve = sub.add_parser("serve", help="serve generation requests over MQTT and/or HTTP")
     _add_model_arguments(serve)
+    serve.add_argument("--http", default=None, metavar="HOST:PORT", help="serve the OpenAI-compatible HTTP API here")
     serve.add_argument("--broker", default=None, help="mqtt://host:port or mqtts://host:port")
     serve.add_argument("--start-broker", action="store_true", help="start a local mosquitto on --broker's port")
     serve.add_argument("--username", default=None)
@@ -211,8 +212,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from specdec import SpeculativeGenerator
     from specdec.streaming.mqtt import serve
 
-    if args.broker is None and not args.start_broker:
-        raise SpecDecError("pass --broker mqtt://host:port (or --start-broker to run a local mosquitto)")
+    if args.broker is None and not args.start_broker and args.http is None:
+        raise SpecDecError("pass --http HOST:PORT and/or --broker mqtt://host:port (or --start-broker)")
     dtype = _default_dtype(args)
     device = str(resolve_device(args.device))
     model, tokenizer = load_model(args.target, dtype=dtype, device=device)
@@ -225,6 +226,15 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     )
     generator = SpeculativeGenerator(model, drafter)
     broker = args.broker or "mqtt://127.0.0.1:1883"
+    if args.http is not None:
+        from specdec.streaming.http import run_server
+
+        mqtt = dict(username=args.username, password=args.password, tls_ca=args.tls_ca, start_broker=args.start_broker)
+        return run_server(
+            args.http, generator, tokenizer, model_name=args.target or DEFAULT_MODEL.name, draft_name=args.draft or "ngram",
+            max_tokens_cap=args.max_new_tokens_cap, broker=broker if args.broker or args.start_broker else None,
+            mqtt_options=mqtt,
+        )  # fmt: skip
     asyncio.run(
         serve(
             broker,
