@@ -228,13 +228,6 @@ class Frontend:
                 reason = "stop" if stops.stopped else _FINISH.get(event.finish_reason, event.finish_reason)
                 usage = event.usage
                 steps = 0 if first_step is None else last_step - first_step + 1
-                metrics.finished.labels(event.finish_reason).inc()
-                metrics.prompt_tokens.inc(usage.prompt_tokens)
-                metrics.completion_tokens.inc(usage.completion_tokens)
-                metrics.drafted.inc(usage.drafted)
-                metrics.accepted.inc(usage.accepted)
-                if usage.drafted:
-                    metrics.acceptance.observe(usage.accepted / usage.drafted)
                 yield Piece(kind="end", finish_reason=reason, usage=_usage(usage, steps))
 
     async def _cancel(self, stream: Any, admission: Admission) -> None:
@@ -247,10 +240,26 @@ class Frontend:
         if admission.running:
             admission.running = False
             self.metrics.running.dec()
+            self._record_end(admission.stream)
         if admission.slot_held:
             admission.slot_held = False
             self._slots.release()
         self.release(admission)
+
+    def _record_end(self, stream: Any) -> None:
+        """Count a finished generation from the hub's own record of it (whether or not a client saw the end)."""
+        history = stream.history
+        end = history[-1] if history else None
+        if not isinstance(end, EndEvent):
+            return
+        metrics, usage = self.metrics, end.usage
+        metrics.finished.labels(end.finish_reason).inc()
+        metrics.prompt_tokens.inc(usage.prompt_tokens)
+        metrics.completion_tokens.inc(usage.completion_tokens)
+        metrics.drafted.inc(usage.drafted)
+        metrics.accepted.inc(usage.accepted)
+        if usage.drafted:
+            metrics.acceptance.observe(usage.accepted / usage.drafted)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
