@@ -340,3 +340,70 @@ def test_open_stream_limit_answers_429(model_dir, tmp_path):
         assert ok.json()["choices"][0]["text"] == reference_text(prompt_ids("the fox"), 8)
     finally:
         srv.stop()
+
+
+# --------------------------------------------------------------------------- the live page in headless Chromium
+
+
+def _chromium():
+    import shutil
+
+    browser = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
+    driver = shutil.which("chromedriver")
+    if browser is None or driver is None:
+        pytest.skip(
+            "headless Chromium is not installed (Debian: apt-get install -y chromium chromium-driver; "
+            "scripts/setup.sh does it); the live page test needs it"
+        )
+    pytest.importorskip("selenium", reason="the page test drives Chromium with selenium")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1100,900"):
+        options.add_argument(arg)
+    return webdriver.Chrome(service=Service(driver), options=options)
+
+
+_WATCH_DRAFTS = """
+window.__drafts = [];
+new MutationObserver((records) => {
+  for (const r of records) for (const n of r.addedNodes)
+    if (n.nodeType === 1 && n.classList.contains("draft") && n.textContent) window.__drafts.push(n.textContent);
+}).observe(document.getElementById("output"), {childList: true, subtree: true});
+"""
+
+
+def test_live_page_shows_committed_text_and_drafts(server, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    prompt, budget = "the quick brown fox the quick brown fox the quick", 60
+    browser = _chromium()
+    try:
+        browser.get(server.url + "/")
+        WebDriverWait(browser, 30).until(lambda b: b.find_element(By.ID, "model").text != "live")
+        browser.execute_script(_WATCH_DRAFTS)
+        box = browser.find_element(By.ID, "prompt")
+        box.clear()
+        box.send_keys(prompt)
+        tokens = browser.find_element(By.ID, "max_tokens")
+        tokens.clear()
+        tokens.send_keys(str(budget))
+        assert browser.find_element(By.ID, "chat").is_selected()
+        assert browser.find_element(By.ID, "temperature").get_attribute("value") == "0"
+        browser.find_element(By.ID, "go").click()
+        WebDriverWait(browser, 120).until(
+            lambda b: b.find_element(By.ID, "status").get_attribute("data-state") in ("done", "error")
+        )
+        status = browser.find_element(By.ID, "status")
+        assert status.get_attribute("data-state") == "done", status.text
+        committed = browser.execute_script("return document.getElementById('committed').textContent")
+        assert committed == reference_text(chat_ids([{"role": "user", "content": prompt}]), budget)
+        assert browser.execute_script("return window.__drafts.length") > 0, "no draft element appeared"
+        assert not browser.find_elements(By.CSS_SELECTOR, "#output .draft"), "a draft outlived the generation"
+        assert browser.find_element(By.ID, "ntok").text == str(budget)
+        browser.save_screenshot(str(tmp_path / "page.png"))
+    finally:
+        browser.quit()
