@@ -90,6 +90,7 @@ class Frontend:
         self._open = 0
         self._background: set[asyncio.Task[Any]] = set()
         self._vocab = _vocab_size(generator, tokenizer)
+        self._context = _context_length(generator)
 
     # ------------------------------------------------------------------ admission and prompts
 
@@ -126,6 +127,11 @@ class Frontend:
             raise ApiError(
                 413, f"The prompt has {len(ids)} tokens; this server allows at most {self.settings.max_prompt_tokens}",
                 param="messages" if request.chat else "prompt", code="prompt_too_long",
+            )  # fmt: skip
+        if self._context is not None and len(ids) >= self._context:
+            raise ApiError(
+                400, f"The prompt has {len(ids)} tokens; the model's context holds {self._context}",
+                param="messages" if request.chat else "prompt", code="context_length_exceeded",
             )  # fmt: skip
         if self._vocab is not None and any(not 0 <= t < self._vocab for t in ids):
             raise ApiError(400, f"token ids must be in [0, {self._vocab})", param="prompt", code="invalid_value")
@@ -172,14 +178,19 @@ class Frontend:
                 kwargs["stopping_criteria"] = StoppingCriteriaList(
                     [StopStringCriteria(self.tokenizer, request.stop, len(prompt_ids))]
                 )
-            admission.stream = self.hub.start(
-                self.generator,
-                torch.tensor([prompt_ids], dtype=torch.long),
-                tokenizer=self.tokenizer,
-                provisional=request.include_drafts,
-                stream_id=admission.stream_id,
-                **kwargs,
-            )
+            try:
+                admission.stream = self.hub.start(
+                    self.generator,
+                    torch.tensor([prompt_ids], dtype=torch.long),
+                    tokenizer=self.tokenizer,
+                    provisional=request.include_drafts,
+                    stream_id=admission.stream_id,
+                    **kwargs,
+                )
+            except ValueError as exc:  # the hub refused the arguments: the request's fault
+                yield Piece(kind="error", text=str(exc), code="bad_request")
+                yield Piece(kind="end", finish_reason="error")
+                return
             admission.running = True
             metrics.running.inc()
             async for piece in self._pieces(admission.stream, request, admission):
@@ -298,3 +309,13 @@ def _vocab_size(generator: Any, tokenizer: Any) -> int | None:
         return len(tokenizer)
     except TypeError:
         return None
+
+
+def _context_length(generator: Any) -> int | None:
+    config = getattr(getattr(generator, "model", None), "config", None)
+    config = getattr(config, "get_text_config", lambda: config)()
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
