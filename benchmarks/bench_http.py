@@ -138,15 +138,16 @@ def _summarise(run: tuple[float, list[tuple[float, list[float], str]], float], t
 # ----------------------------------------------------------------------------- main
 
 
-def start_server(port: int, dtype: str) -> subprocess.Popen:
+def start_server(port: int, dtype: str, log: Path) -> subprocess.Popen:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     args = [sys.executable, "-m", "specdec.cli", "serve", "--dtype", dtype, "--device", "cpu",
             "--http", f"127.0.0.1:{port}", "--max-new-tokens-cap", "4096"]  # fmt: skip
-    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
+    with open(log, "w") as out:
+        proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 900
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(f"the server exited with {proc.returncode}")
+            raise SystemExit(f"the server exited with {proc.returncode}; see {log}")
         try:
             if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
                 return proc
@@ -154,7 +155,7 @@ def start_server(port: int, dtype: str) -> subprocess.Popen:
             pass
         time.sleep(0.5)
     proc.kill()
-    raise SystemExit("the server did not come up")
+    raise SystemExit(f"the server did not come up in 900 s; see {log}")
 
 
 def main() -> int:
@@ -165,6 +166,7 @@ def main() -> int:
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--json", default=None)
+    parser.add_argument("--server-log", default="/tmp/specdec-bench-http-server.log")
     args = parser.parse_args()
     torch.set_num_threads(1)
     from http_fixtures import free_port
@@ -177,7 +179,7 @@ def main() -> int:
     clients = [int(c) for c in args.clients.split(",")]
     port = args.port or free_port()
     print(f"machine: {machine()}  (shared with other jobs: read ratios, not absolute times)", flush=True)
-    server = start_server(port, args.dtype)
+    server = start_server(port, args.dtype, Path(args.server_log))
     try:
         model, tokenizer = load_model(None, dtype=args.dtype, device="cpu", quiet=True)
         generator = SpeculativeGenerator(model, NGramDrafter())

@@ -412,3 +412,51 @@ def test_live_page_shows_committed_text_and_drafts(server, tmp_path):
         browser.save_screenshot(str(tmp_path / "page.png"))
     finally:
         browser.quit()
+
+
+# --------------------------------------------------------------------------- MQTT alongside, one hub
+
+
+def test_http_and_mqtt_alongside_share_one_generator(model_dir, tmp_path):
+    """``serve --http … --start-broker``: both doors at once on one generator, each answer exact."""
+    import shutil
+
+    from http_fixtures import Server, free_port
+
+    if shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists():
+        pytest.skip("mosquitto is not installed (Debian: apt-get install mosquitto); needed for MQTT alongside HTTP")
+    from specdec.streaming import CommitEvent
+    from specdec.streaming.mqtt import StreamClient
+
+    http_port, mqtt_port = free_port(), free_port()
+    args = [sys.executable, "-m", "specdec.cli", "serve", "--target", str(model_dir), "--dtype", "float32",
+            "--device", "cpu", "--http", f"127.0.0.1:{http_port}", "--start-broker",
+            "--broker", f"mqtt://127.0.0.1:{mqtt_port}"]  # fmt: skip
+    srv = Server(args, http_port, tmp_path / "alongside.log")
+    budget = 80
+
+    async def over_mqtt(prompt: str) -> str:
+        async with StreamClient(f"mqtt://127.0.0.1:{mqtt_port}") as client:
+            texts = []
+            async for event in client.generate(prompt, max_new_tokens=budget):
+                if isinstance(event, CommitEvent):
+                    texts.append(event.text)
+            return "".join(texts)
+
+    async def over_http(http: httpx.AsyncClient, prompt: str) -> str:
+        body = {"model": str(model_dir), "prompt": prompt, "max_tokens": budget, "temperature": 0}
+        return (await http.post(srv.url + "/v1/completions", json=body)).json()["choices"][0]["text"]
+
+    async def main() -> list[str]:
+        async with httpx.AsyncClient(timeout=120) as http:
+            return await asyncio.wait_for(
+                asyncio.gather(over_mqtt("the quick brown"), over_http(http, "the lazy dog"),
+                               over_mqtt("héllo wörld"), over_http(http, "a stream of")), 120)  # fmt: skip
+
+    try:
+        texts = asyncio.run(main())
+        prompts = ["the quick brown", "the lazy dog", "héllo wörld", "a stream of"]
+        for prompt, text in zip(prompts, texts):
+            assert text == reference_text(prompt_ids(prompt), budget), prompt
+    finally:
+        srv.stop()
