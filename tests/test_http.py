@@ -38,9 +38,18 @@ def model_dir(tmp_path_factory):
     return save_model(tmp_path_factory.mktemp("http") / MODEL_DIR_NAME)
 
 
+_SERVER_FAILED: list[str] = []
+
+
 @pytest.fixture(scope="module")
 def server(model_dir, tmp_path_factory):
-    srv = start_cli_server(model_dir, tmp_path_factory.mktemp("logs") / "server.log")
+    if _SERVER_FAILED:  # pytest retries a failed module fixture for every test: fail fast instead
+        pytest.fail(f"the server did not start earlier in this module: {_SERVER_FAILED[0]}")
+    try:
+        srv = start_cli_server(model_dir, tmp_path_factory.mktemp("logs") / "server.log")
+    except RuntimeError as exc:
+        _SERVER_FAILED.append(str(exc)[:500])
+        raise
     yield srv
     srv.stop()
 
