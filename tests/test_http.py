@@ -261,7 +261,9 @@ def test_bad_requests_get_clear_errors_and_server_keeps_serving(server, model_di
     long_prompt = "the quick brown fox jumps over the lazy dog " * 1500  # > 8192 tokens, < 1 MB
     assert _error(httpx.post(url, json={"prompt": long_prompt, "max_tokens": 1}), 413)["code"] == "prompt_too_long"
     sentence = "the quick brown fox jumps over the lazy dog "
-    reps = 4200 // len(prompt_ids(sentence)) + 1  # past the model's 4096 positions, under the 8192-token limit
+    reps = 100
+    while len(prompt_ids(sentence * reps)) < 4200:  # past the model's 4096 positions, under the 8192-token limit
+        reps += 20
     assert 4096 <= len(prompt_ids(sentence * reps)) < 8192
     error = _error(httpx.post(url, json={"prompt": sentence * reps, "max_tokens": 1}), 400)
     assert error["code"] == "context_length_exceeded"
