@@ -30,7 +30,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from ..events import event_to_dict
-from ..hub import StreamExpiredError, UnknownStreamError
+from .. import StreamExpiredError, UnknownStreamError
 from .metrics import CONTENT_TYPE_LATEST
 from .protocol import ApiError, parse_request
 from .responses import ChunkMaker

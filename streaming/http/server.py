@@ -9,7 +9,7 @@ import uvicorn
 
 from specdec import InvalidArgumentError
 
-from ..hub import StreamHub
+from .. import StreamHub
 from .app import create_app
 from .service import Frontend
 from .settings import HttpSettings
@@ -110,9 +110,7 @@ def _mqtt_worker(
     broker: str, generator: Any, tokenizer: Any, settings: HttpSettings, max_tokens_cap: int, *,
     username: str | None = None, password: str | None = None, tls_ca: str | None = None, start_broker: bool = False,
 ) -> Callable[[StreamHub], Awaitable[None]]:  # fmt: skip
-    from ..mqtt.protocol import RequestLimits
-    from ..mqtt.transport import BrokerConfig
-    from ..mqtt.worker import Worker, WorkerSettings
+    from ..mqtt import BrokerConfig, RequestLimits, Worker, WorkerSettings
 
     config = BrokerConfig.from_url(broker, username=username, password=password, tls_ca=tls_ca)
     worker_settings = WorkerSettings(
@@ -123,7 +121,7 @@ def _mqtt_worker(
     async def run(hub: StreamHub) -> None:
         local = None
         if start_broker:
-            from ..mqtt.broker import LocalMosquitto
+            from ..mqtt.broker import LocalMosquitto  # not re-exported by the mqtt package
 
             if config.host not in ("127.0.0.1", "localhost", "::1"):
                 raise InvalidArgumentError(f"--start-broker needs a loopback broker URL, not {config.host}")

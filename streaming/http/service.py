@@ -24,7 +24,7 @@ import torch
 from transformers import StoppingCriteriaList
 
 from ..events import CommitEvent, EndEvent, ErrorEvent, ProvisionalEvent
-from ..hub import StreamHub
+from .. import StreamHub
 from .metrics import Metrics
 from .protocol import ApiError, CompletionRequest
 from .settings import HttpSettings

@@ -25,7 +25,7 @@ from typing import Any, Sequence
 import torch
 from transformers import StoppingCriteria
 
-from ..detok import make_detokenizer
+from .. import make_detokenizer
 
 __all__ = ["StopStringCriteria", "StopTextFilter"]
 
