@@ -37,6 +37,7 @@ import os
 import platform
 import statistics
 import subprocess
+import socket
 import sys
 import time
 from pathlib import Path
@@ -46,7 +47,13 @@ import httpx
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
 
 PROMPTS = [
     "Write a haiku about the sea", "Explain KV caches in one paragraph", "List three uses of copper",
@@ -169,8 +176,6 @@ def main() -> int:
     parser.add_argument("--server-log", default="/tmp/specdec-bench-http-server.log")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    from http_fixtures import free_port
-
     from specdec import SpeculativeGenerator
     from specdec.drafts import NGramDrafter
     from specdec.models import DEFAULT_MODEL, load_model

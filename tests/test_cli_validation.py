@@ -86,7 +86,7 @@ def test_bad_arguments_fail_fast_with_one_line(tmp_path):
             "already taken": ["serve", "--start-broker", "--broker", f"mqtt://127.0.0.1:{taken}"],
             "--tls-ca": ["serve", "--broker", "mqtts://127.0.0.1:8883", "--tls-ca", "nope.pem"],
             "go together": ["serve", "--broker", "mqtt://127.0.0.1:1883", "--username", "u"],
-            "pass --broker": ["serve"],
+            "and/or --broker mqtt://host:port": ["serve"],
         }
         results = _run_cli(list(cases.values()), tmp_path)
     for (needle, argv), result in zip(cases.items(), results):
