@@ -1,0 +1,18 @@
+"""EAGLE-style drafting in the target's hidden-state space: the head, its loaders and the drafter."""
+
+from .drafter import EagleDrafter
+from .formats import FORMATS, HeadFormatError, HeadMismatchError, detect_format, load_head, save_speculators
+from .head import EagleHead, EagleHeadConfig, HeadKV
+
+__all__ = [
+    "FORMATS",
+    "EagleDrafter",
+    "EagleHead",
+    "EagleHeadConfig",
+    "HeadFormatError",
+    "HeadKV",
+    "HeadMismatchError",
+    "detect_format",
+    "load_head",
+    "save_speculators",
+]
