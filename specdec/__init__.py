@@ -6,7 +6,7 @@ nor ``streaming``.
 """
 
 from .cache import CausalLMAdapter, check_rollback_support
-from .drafter import DraftContext, Drafter
+from .drafter import DraftContext, Drafter, HiddenStateDrafter
 from .errors import (
     InvalidArgumentError,
     ModelLoadError,
@@ -28,6 +28,7 @@ __all__ = [
     "DraftContext",
     "Drafter",
     "FinishReason",
+    "HiddenStateDrafter",
     "InvalidArgumentError",
     "LogitsShaper",
     "ModelLoadError",

@@ -11,7 +11,7 @@ from transformers import GenerationConfig, LogitsProcessorList, PreTrainedModel,
 from .adaptive import AdaptiveDraftLength, CostProfile
 from .cache import CausalLMAdapter
 from .config_processors import config_processors, config_sampling_warpers
-from .drafter import DraftContext, Drafter
+from .drafter import DraftContext, Drafter, requested_layers
 from .errors import InvalidArgumentError, VocabularyMismatchError
 from .logits import LogitsShaper
 from .params import UNSET, GenerationParams, resolve_params
@@ -122,6 +122,10 @@ class SpeculativeGenerator:
                 "draft and target must share one tokenizer and vocabulary"
             )
         self.drafter = drafter
+        # The target layers a hidden-state drafter reads (an EAGLE head); None for every other drafter.
+        self.hidden_layers = requested_layers(drafter)
+        if self.hidden_layers is not None:
+            self.target.check_layers(self.hidden_layers)
         # Measured draft and verify costs of this (target, drafter, device), for num_draft_tokens="auto".
         self.draft_costs = CostProfile()
 
@@ -221,6 +225,7 @@ class _Run:
     ) -> None:
         self.target = gen.target
         self.drafter = gen.drafter
+        self.hidden_layers = gen.hidden_layers
         self.params = params
         self.sink = sink
         self.on_draft = on_draft
@@ -264,6 +269,7 @@ class _Run:
     def run(self) -> SpecOutput:
         start = time.perf_counter()
         self.target.reset()
+        self.target.capture(self.hidden_layers)  # hooks only while a hidden-state drafter runs
         self.drafter.begin(
             DraftContext(
                 prompt_ids=self.prompt,
@@ -280,6 +286,7 @@ class _Run:
                 self.controller.finish()
         finally:
             self.drafter.end()
+            self.target.capture(None)
             # Free the KV cache: the next call starts from scratch anyway.
             self.target.reset()
         if self.streamer is not None:
@@ -295,6 +302,8 @@ class _Run:
         if prompt_len > 1:
             self.target.forward(self.tokens[: prompt_len - 1], last_only=True)
             self.stats.target_forwards += 1
+            if self.hidden_layers is not None:
+                self.drafter.observe_hidden_states(self.target.hidden_states)  # positions 0..prompt_len-2
         max_new = self._max_new()
         step = 0
         while True:
@@ -337,6 +346,9 @@ class _Run:
             rejected = result.num_accepted < n_draft
             self.stats.record_step(n_draft, num_accepted, rejected=rejected)
             self.stats.new_tokens = self.length - prompt_len
+            if self.hidden_layers is not None:
+                # the kept positions: the last committed token's and the accepted drafts'
+                self.drafter.observe_hidden_states(self.target.hidden_states[: len(accepted)])
             self.drafter.update(accepted, num_accepted)
             if controller is not None:
                 done_at = time.perf_counter()
