@@ -1,7 +1,15 @@
 """EAGLE-style drafting in the target's hidden-state space: the head, its loaders and the drafter."""
 
 from .drafter import EagleDrafter
-from .formats import FORMATS, HeadFormatError, HeadMismatchError, detect_format, load_head, save_speculators
+from .formats import (
+    FORMATS,
+    HeadFormatError,
+    HeadMismatchError,
+    detect_format,
+    is_head_folder,
+    load_head,
+    save_speculators,
+)
 from .head import EagleHead, EagleHeadConfig, HeadKV
 
 __all__ = [
@@ -13,6 +21,7 @@ __all__ = [
     "HeadKV",
     "HeadMismatchError",
     "detect_format",
+    "is_head_folder",
     "load_head",
     "save_speculators",
 ]

@@ -37,7 +37,9 @@ from specdec import InvalidArgumentError, ModelLoadError
 from .head import EagleHead, EagleHeadConfig
 from .vocab import check_d2t
 
-__all__ = ["HeadFormatError", "HeadMismatchError", "load_head", "save_speculators", "detect_format", "FORMATS"]
+__all__ = [
+    "HeadFormatError", "HeadMismatchError", "load_head", "save_speculators", "detect_format", "is_head_folder", "FORMATS",
+]
 
 FORMATS = ("eagle3", "speculators", "eagle1")
 
@@ -295,3 +297,34 @@ def save_speculators(
     }
     (folder / "config.json").write_text(json.dumps(doc, indent=2, default=str) + "\n")
     return folder
+
+
+def is_head_folder(path: str | Path) -> bool:
+    """True when ``path`` is a folder whose config.json (and weights' names) say it is an EAGLE head.
+
+    Cheap: reads config.json and, for EAGLE-1 candidates, only the names and shapes in the weights' header.
+    """
+    folder = Path(path)
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    if not isinstance(config, dict):
+        return False
+    if config.get("speculators_model_type") is not None:
+        return True
+    if any("eagle" in str(name).lower() for name in config.get("architectures") or []):
+        return True
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        return False
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(files[0]), framework="pt") as handle:
+            if "fc.weight" not in handle.keys() or any(k.startswith("model.") for k in handle.keys()):
+                return False
+            shape = handle.get_slice("fc.weight").get_shape()
+    except Exception:  # an unreadable file is not a head; load_head would say why
+        return False
+    return len(shape) == 2 and shape[1] == 2 * shape[0]

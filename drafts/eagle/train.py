@@ -162,6 +162,7 @@ def _sequence_loss(head: EagleHead, lm_weight, lm_bias, tokens, feats, target_id
     out, logits = head.finish(head.attend(q, k1, v1, causal), residual)
     ce = -(target_probs[1:] * F.log_softmax(logits, dim=-1)).sum(-1).sum()
     scored = n1
+    agree = int((logits.argmax(-1) == target_probs[1:].argmax(-1)).sum())  # step-1 top-1 agreement
     feature = F.smooth_l1_loss(out[:-1], head.project(aux[1:n1]).detach(), reduction="sum") / out.shape[-1]
     keys, values, prev = [k1], [v1], out
     for s in range(2, cfg.unroll + 1):
@@ -178,7 +179,7 @@ def _sequence_loss(head: EagleHead, lm_weight, lm_bias, tokens, feats, target_id
         scored += n
         keys.append(k)
         values.append(v)
-    return ce + cfg.feature_weight * feature, scored
+    return ce + cfg.feature_weight * feature, scored, agree, n1
 
 
 def evaluate(target: PreTrainedModel, head: EagleHead, prompts: Sequence[torch.Tensor], *, max_new_tokens: int,
@@ -281,14 +282,15 @@ def train(
             perm = torch.randperm(len(data), generator=torch.Generator().manual_seed(config.seed + 1 + epoch)).tolist()
             batch = perm[index * config.batch_size : (index + 1) * config.batch_size]
             optimizer.zero_grad(set_to_none=True)
-            total_loss, total_scored = 0.0, 0
+            total_loss, total_scored, agree, first = 0.0, 0, 0, 0
             for tokens, feats in data.iterate(batch):
                 result = _sequence_loss(head, lm_weight, lm_bias, tokens, feats, target_ids, config)
                 if result is None:
                     continue
-                loss, scored = result
+                loss, scored, n_agree, n_first = result
                 loss.backward()
                 total_loss, total_scored = total_loss + loss.item(), total_scored + scored
+                agree, first = agree + n_agree, first + n_first
                 seen_tokens += int(tokens.shape[0])
             if total_scored:
                 for p in params:
@@ -299,7 +301,8 @@ def train(
             schedule.step()
             step += 1
             rate = seen_tokens / max(time.perf_counter() - t0, 1e-9)
-            bar.set_postfix(loss=f"{total_loss / max(total_scored, 1):.3f}", tok_s=f"{rate:.0f}")
+            bar.set_postfix(loss=f"{total_loss / max(total_scored, 1):.3f}", top1=f"{agree / max(first, 1):.2f}",
+                            tok_s=f"{rate:.0f}")  # fmt: skip
             bar.update(1)
             if step % config.checkpoint_every == 0 or step == total:
                 _save_checkpoint(work / "checkpoint.pt", head, optimizer, step, config, head_config)
