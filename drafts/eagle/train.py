@@ -269,11 +269,10 @@ def train(
     per_epoch = math.ceil(len(data) / config.batch_size)
     total = per_epoch * config.epochs
     step = _resume(work / "checkpoint.pt", head, optimizer, config, head_config)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / max(config.warmup_steps, 1)) * 0.5 * (1 + math.cos(math.pi * s / total))
-    )
-    for _ in range(step):
-        schedule.step()
+
+    def learning_rate(s: int) -> float:  # linear warmup, cosine decay; a pure function of the step (resumable)
+        return config.learning_rate * min(1.0, (s + 1) / max(config.warmup_steps, 1)) * 0.5 * (1 + math.cos(math.pi * s / total))
+
     head.train()
     seen_tokens, t0 = 0, time.perf_counter()
     with tqdm(total=total, initial=step, desc="training head", unit="step", disable=not progress) as bar:
@@ -282,6 +281,8 @@ def train(
             perm = torch.randperm(len(data), generator=torch.Generator().manual_seed(config.seed + 1 + epoch)).tolist()
             batch = perm[index * config.batch_size : (index + 1) * config.batch_size]
             optimizer.zero_grad(set_to_none=True)
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(step)
             total_loss, total_scored, agree, first = 0.0, 0, 0, 0
             for tokens, feats in data.iterate(batch):
                 result = _sequence_loss(head, lm_weight, lm_bias, tokens, feats, target_ids, config)
@@ -298,7 +299,6 @@ def train(
                         p.grad.div_(total_scored)
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
                 optimizer.step()
-            schedule.step()
             step += 1
             rate = seen_tokens / max(time.perf_counter() - t0, 1e-9)
             bar.set_postfix(loss=f"{total_loss / max(total_scored, 1):.3f}", top1=f"{agree / max(first, 1):.2f}",
