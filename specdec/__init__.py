@@ -5,9 +5,11 @@ math, KV-cache rollback and the generation loop. It imports neither ``drafts``
 nor ``streaming``.
 """
 
+from .adaptive import AdaptiveDraftLength, CostProfile
 from .cache import CausalLMAdapter, check_rollback_support
 from .drafter import DraftContext, Drafter, HiddenStateDrafter
 from .errors import (
+    DrafterContractError,
     InvalidArgumentError,
     ModelLoadError,
     SpecDecError,
@@ -16,6 +18,7 @@ from .errors import (
 )
 from .generator import SpeculativeGenerator, TokenSink
 from .logits import LogitsShaper
+from .policy import DraftLengthPolicy, FixedDraftLength
 from .oracle import oracle_token
 from .types import DraftBlock, FinishReason, SpecOutput, SpecStats, VerifiedBlock, VerifyResult
 from .verify import greedy_verify, speculative_sample
@@ -23,10 +26,15 @@ from .verify import greedy_verify, speculative_sample
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdaptiveDraftLength",
     "CausalLMAdapter",
+    "CostProfile",
     "DraftBlock",
     "DraftContext",
+    "DraftLengthPolicy",
     "Drafter",
+    "DrafterContractError",
+    "FixedDraftLength",
     "FinishReason",
     "HiddenStateDrafter",
     "InvalidArgumentError",

@@ -241,7 +241,14 @@ class AdaptiveDraftLength:
     steps it tries a neighbour of the best ``k`` (alternately one below and one
     above) until that neighbour has ``explore_samples`` measurements, so the
     profile learns the local slope of the cost curve and then stops paying for it.
+
+    It is a :class:`~specdec.policy.DraftLengthPolicy`: pass one as
+    ``num_draft_tokens`` (``"auto"`` is the shorthand for one built on the
+    generator's own :class:`CostProfile`).
     """
+
+    #: A drafter may stop before ``k`` when unsure (see :class:`~specdec.DraftContext`).
+    adaptive = True
 
     def __init__(
         self,

@@ -20,13 +20,13 @@ from transformers import DynamicCache, PreTrainedModel
 
 from .errors import UnsupportedModelError
 
-__all__ = ["CausalLMAdapter", "check_rollback_support"]
+__all__ = ["CausalLMAdapter", "check_rollback_support", "text_config"]
 
 # Attention layer kinds whose cache is a list of per-token keys and values.
 _ROLLBACK_SAFE_LAYER_TYPES = frozenset({"full_attention", "sliding_attention"})
 
 
-def _text_config(model: PreTrainedModel):
+def text_config(model: PreTrainedModel):
     config = model.config
     return config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
 
@@ -54,8 +54,8 @@ def check_rollback_support(model: PreTrainedModel) -> None:
     supports_dynamic = getattr(type(model), "_supports_default_dynamic_cache", None)
     if supports_dynamic is not None and not supports_dynamic():
         raise UnsupportedModelError(f"{name} uses a custom cache that specdec cannot roll back")
-    text_config = _text_config(model)
-    layer_types = getattr(text_config, "layer_types", None)
+    config_text = text_config(model)
+    layer_types = getattr(config_text, "layer_types", None)
     if layer_types is not None:
         unsupported = sorted(set(layer_types) - _ROLLBACK_SAFE_LAYER_TYPES)
         if unsupported:
@@ -63,16 +63,16 @@ def check_rollback_support(model: PreTrainedModel) -> None:
                 f"{name} has layers of type {unsupported} (recurrent, linear, chunked or shared-KV attention); "
                 "their cache cannot be rolled back token by token, so speculative decoding would be wrong"
             )
-    if getattr(text_config, "attention_chunk_size", None) is not None:
+    if getattr(config_text, "attention_chunk_size", None) is not None:
         raise UnsupportedModelError(f"{name} uses chunked attention, whose cache cannot be rolled back")
     params = inspect.signature(model.forward).parameters
     if "cache" not in params and "past_key_values" not in params:
         raise UnsupportedModelError(f"{name}.forward takes no KV cache argument")
 
 
-def _context_length(text_config) -> int | None:
+def _context_length(config) -> int | None:
     for attr in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
-        value = getattr(text_config, attr, None)
+        value = getattr(config, attr, None)
         if isinstance(value, int) and value > 0:
             return value
     return None
@@ -91,19 +91,19 @@ class CausalLMAdapter:
         self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
         self._can_keep_last_logits = "logits_to_keep" in params
         self.device = next(model.parameters()).device
-        self.context_length = _context_length(_text_config(model))
+        self.context_length = _context_length(text_config(model))
         output_embeddings = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
         if output_embeddings is not None and getattr(output_embeddings, "weight", None) is not None:
             self.vocab_size = int(output_embeddings.weight.shape[0])
         else:
-            self.vocab_size = int(_text_config(model).vocab_size)
+            self.vocab_size = int(text_config(model).vocab_size)
         self._cache: DynamicCache | None = None
         self.length = 0
         self._capture: _LayerCapture | None = None
 
     @property
     def num_layers(self) -> int:
-        return int(_num_layers(_text_config(self.model)))
+        return int(_num_layers(text_config(self.model)))
 
     def check_layers(self, layers: tuple[int, ...]) -> None:
         """Raise unless the hidden states of ``layers`` (HF ``output_hidden_states`` ids) can be captured."""
@@ -160,9 +160,9 @@ class CausalLMAdapter:
         self.length = length
 
 
-def _num_layers(text_config) -> int | None:
+def _num_layers(config) -> int | None:
     for attr in ("num_hidden_layers", "n_layer", "num_layers"):
-        value = getattr(text_config, attr, None)
+        value = getattr(config, attr, None)
         if isinstance(value, int) and value > 0:
             return value
     return None
@@ -191,7 +191,7 @@ class _LayerCapture:
     @staticmethod
     def check(model: PreTrainedModel, layers: tuple[int, ...]):
         name = type(model).__name__
-        count = _num_layers(_text_config(model))
+        count = _num_layers(text_config(model))
         base = getattr(model, "base_model", None)
         # the decoder layers, and the module that runs them (its output is the final normed hidden state)
         found = [

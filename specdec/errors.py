@@ -13,6 +13,7 @@ __all__ = [
     "UnsupportedModelError",
     "VocabularyMismatchError",
     "ModelLoadError",
+    "DrafterContractError",
 ]
 
 
@@ -34,3 +35,7 @@ class VocabularyMismatchError(InvalidArgumentError):
 
 class ModelLoadError(SpecDecError):
     """A model or tokenizer could not be fetched or loaded."""
+
+
+class DrafterContractError(SpecDecError, RuntimeError):
+    """A drafter broke the :class:`~specdec.Drafter` contract (for example, proposed more tokens than asked)."""

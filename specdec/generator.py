@@ -3,26 +3,24 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import torch
 from transformers import GenerationConfig, LogitsProcessorList, PreTrainedModel, StoppingCriteriaList
 
-from .adaptive import AdaptiveDraftLength, CostProfile
+from .adaptive import CostProfile
 from .cache import CausalLMAdapter
 from .config_processors import config_processors, config_sampling_warpers
-from .drafter import DraftContext, Drafter, requested_layers
+from .drafter import Drafter, requested_layers
 from .errors import InvalidArgumentError, VocabularyMismatchError
 from .logits import LogitsShaper
-from .params import UNSET, GenerationParams, resolve_params
-from .types import DraftBlock, FinishReason, SpecOutput, SpecStats, VerifiedBlock
-from .verify import greedy_verify, speculative_sample
+from .params import UNSET, resolve_params
+from .policy import DraftLengthPolicy, draft_length_policy
+from .sequence import Cancelled, Sequence
+from .sinks import BlockCallback, BlockEmitter, TokenCallback
+from .types import SpecOutput, VerifiedBlock
 
 __all__ = ["SpeculativeGenerator", "TokenSink"]
-
-TokenCallback = Callable[[int, list[int]], Any]
-BlockCallback = Callable[[VerifiedBlock], Any]
-
 
 class TokenSink(Protocol):
     """An object that receives each verified block and, optionally, each draft before verification.
@@ -33,10 +31,6 @@ class TokenSink(Protocol):
     """
 
     def on_block(self, block: VerifiedBlock) -> Any: ...
-
-
-class _Cancelled(Protocol):
-    def is_set(self) -> bool: ...
 
 
 def _as_prompt(input_ids: Any, attention_mask: Any) -> torch.Tensor:
@@ -73,21 +67,6 @@ def _as_prompt(input_ids: Any, attention_mask: Any) -> torch.Tensor:
     if prompt.shape[0] == 0:
         raise InvalidArgumentError("the prompt is empty: pass at least one token")
     return prompt
-
-
-def _resolve_sink(on_tokens: Any) -> tuple[BlockCallback | None, TokenCallback | None]:
-    """The sink as one callable taking a :class:`VerifiedBlock`, and its ``on_draft`` if it has one."""
-    if on_tokens is None:
-        return None, None
-    on_draft = getattr(on_tokens, "on_draft", None)
-    if callable(getattr(on_tokens, "on_block", None)):
-        return on_tokens.on_block, on_draft
-    legacy = on_tokens.on_tokens if hasattr(on_tokens, "on_tokens") else on_tokens
-    if not callable(legacy):
-        raise InvalidArgumentError(
-            "on_tokens must be a callable(step, token_ids) or an object with an on_block or on_tokens method"
-        )
-    return (lambda block: legacy(block.step, list(block.token_ids))), on_draft
 
 
 class SpeculativeGenerator:
@@ -142,7 +121,7 @@ class SpeculativeGenerator:
         temperature: float = UNSET,
         top_k: int | None = UNSET,
         top_p: float | None = UNSET,
-        num_draft_tokens: int | str | None = None,
+        num_draft_tokens: int | str | DraftLengthPolicy | None = None,
         eos_token_id: int | list[int] | None = UNSET,
         seed: int | None = None,
         on_tokens: TokenCallback | TokenSink | None = None,
@@ -152,7 +131,7 @@ class SpeculativeGenerator:
         stopping_criteria: StoppingCriteriaList | None = None,
         streamer: Any = None,
         on_draft: TokenCallback | None = None,
-        cancel: _Cancelled | None = None,
+        cancel: Cancelled | None = None,
     ) -> SpecOutput:
         """Generate up to ``max_new_tokens`` tokens after ``input_ids``.
 
@@ -163,8 +142,10 @@ class SpeculativeGenerator:
 
         ``on_tokens(step, token_ids)`` is called with every verified block, in
         order, before the next step starts; or pass a sink object with
-        ``on_block(block: VerifiedBlock)`` (or ``on_tokens``) and optionally ``on_draft``. ``on_draft(step, token_ids)`` sees each
-        draft before it is verified. ``streamer`` is any transformers
+        ``on_block(block: VerifiedBlock)`` (or ``on_tokens``) and optionally
+        ``on_draft``. ``on_draft(step, token_ids)`` sees each draft before it
+        is verified. ``num_draft_tokens``: an int, ``None`` (the drafter's
+        default), ``"auto"`` or a :class:`~specdec.DraftLengthPolicy` object. ``streamer`` is any transformers
         ``BaseStreamer``. ``cancel`` is any object with ``is_set()`` (a
         ``threading.Event``): generation stops within one step once it is set.
         """
@@ -181,8 +162,7 @@ class SpeculativeGenerator:
             eos_token_id=eos_token_id,
         )
         prompt = _as_prompt(input_ids, attention_mask)
-        sink, sink_draft = _resolve_sink(on_tokens)
-        on_draft = on_draft or sink_draft
+        emitter = BlockEmitter.for_generate(on_tokens, on_draft, streamer)
         if logits_processor is not None and not isinstance(logits_processor, (LogitsProcessorList, list)):
             raise InvalidArgumentError("logits_processor must be a transformers LogitsProcessorList")
         if stopping_criteria is not None and not isinstance(stopping_criteria, (StoppingCriteriaList, list)):
@@ -204,175 +184,57 @@ class SpeculativeGenerator:
         )
         processors.extend(logits_processor or [])
         warpers = config_sampling_warpers(effective_config, device=self.target.device)
-        return _Run(self, prompt, params, processors, warpers, stopping_criteria, sink, on_draft, streamer, cancel).run()
-
-
-class _Run:
-    """State of one generate call. Everything here dies with the call."""
-
-    def __init__(
-        self,
-        gen: SpeculativeGenerator,
-        prompt: torch.Tensor,
-        params: GenerationParams,
-        logits_processor: LogitsProcessorList,
-        extra_warpers: LogitsProcessorList,
-        stopping_criteria: StoppingCriteriaList | None,
-        sink: BlockCallback | None,
-        on_draft: TokenCallback | None,
-        streamer: Any,
-        cancel: _Cancelled | None,
-    ) -> None:
-        self.target = gen.target
-        self.drafter = gen.drafter
-        self.hidden_layers = gen.hidden_layers
-        self.params = params
-        self.sink = sink
-        self.on_draft = on_draft
-        self.streamer = streamer
-        self.cancel = cancel
-        self.stopping = StoppingCriteriaList(stopping_criteria) if stopping_criteria else None
-        self.shaper = LogitsShaper(
+        shaper = LogitsShaper(
             do_sample=params.do_sample,
             temperature=float(params.temperature),
             top_k=params.top_k,
             top_p=params.top_p,
-            processors=logits_processor or None,
-            extra_warpers=extra_warpers or None,
+            processors=processors or None,
+            extra_warpers=warpers or None,
         )
-        default_k = self.drafter.default_num_draft_tokens
-        # "auto": a cost model picks k before every step (see specdec.adaptive); self.k is then its upper bound.
-        self.controller = (
-            AdaptiveDraftLength(gen.draft_costs, default_k=default_k) if params.num_draft_tokens == "auto" else None
+        policy = draft_length_policy(
+            params.num_draft_tokens, default_k=self.drafter.default_num_draft_tokens, costs=self.draft_costs
         )
-        self.k = self.controller.k_max if self.controller is not None else params.num_draft_tokens or default_k
-        seed = params.seed if params.seed is not None else int(torch.randint(0, 2**62, (1,)).item())
-        device = self.target.device
-        self.generator = torch.Generator(device=device)
-        self.generator.manual_seed(seed)
-        self.draft_seed = (seed * 1_000_003 + 1) % 2**62
-        self.prompt = prompt
-        # Room for the prompt, the new tokens and one block of drafts, on the target's device.
-        self.capacity = prompt.shape[0] + params.max_new_tokens + self.k + 1
-        self.tokens = torch.empty(self.capacity, dtype=torch.long, device=device)  # [capacity]
-        self.tokens[: prompt.shape[0]] = prompt.to(device)
-        self.length = prompt.shape[0]  # committed tokens in self.tokens
-        self.stats = SpecStats(prompt_tokens=prompt.shape[0])
+        seq = Sequence(
+            prompt=prompt,
+            params=params,
+            shaper=shaper,
+            drafter=self.drafter,
+            policy=policy,
+            emitter=emitter,
+            vocab_size=self.target.vocab_size,
+            context_length=self.target.context_length,
+            device=self.target.device,
+            stopping=StoppingCriteriaList(stopping_criteria) if stopping_criteria else None,
+            cancel=cancel,
+        )
+        return self._run(seq)
 
-    def _max_new(self) -> int:
-        budget = self.params.max_new_tokens
-        context = self.target.context_length
-        if context is not None:
-            budget = min(budget, context - self.prompt.shape[0])
-        return budget
-
-    def run(self) -> SpecOutput:
+    def _run(self, seq: Sequence) -> SpecOutput:
+        """Prefill, then choose k, propose, verify, commit, emit until the sequence finishes."""
         start = time.perf_counter()
-        self.target.reset()
-        self.target.capture(self.hidden_layers)  # hooks only while a hidden-state drafter runs
-        self.drafter.begin(
-            DraftContext(
-                prompt_ids=self.prompt,
-                shaper=self.shaper,
-                vocab_size=self.target.vocab_size,
-                seed=self.draft_seed,
-                max_new_tokens=self.params.max_new_tokens,
-                adaptive=self.controller is not None,
-            )
-        )
+        target = self.target
+        target.reset()
+        reads_hidden = self.hidden_layers is not None
+        target.capture(self.hidden_layers)  # hooks on the named layers, only while a hidden-state drafter runs
+        failed = True
         try:
-            finish = self._loop()
-            if self.controller is not None:
-                self.controller.finish()
+            seq.begin()
+            if seq.prompt_len > 1:
+                target.forward(seq.sequence[:-1], last_only=True)
+                seq.stats.target_forwards += 1
+                if reads_hidden:
+                    seq.prefilled(target.hidden_states)  # [prompt_len - 1, layers, hidden]
+            while (block := seq.plan()) is not None:  # choose k, propose
+                logits = target.forward(seq.block_ids(block))  # verify: [len(block) + 1, vocab]
+                hidden = target.hidden_states if reads_hidden else None  # [len(block) + 1, layers, hidden]
+                seq.commit(logits, block, hidden_states=hidden)  # accept, emit
+                target.truncate(seq.length - 1)  # roll back the rejected drafts
+            failed = False
         finally:
-            self.drafter.end()
-            self.target.capture(None)
-            # Free the KV cache: the next call starts from scratch anyway.
-            self.target.reset()
-        if self.streamer is not None:
-            self.streamer.end()
-        self.stats.wall_time_s = time.perf_counter() - start
-        sequences = self.tokens[: self.length].unsqueeze(0).clone()
-        return SpecOutput(sequences=sequences, stats=self.stats, finish_reason=finish)
-
-    def _loop(self) -> FinishReason:
-        prompt_len = self.prompt.shape[0]
-        if self.streamer is not None:
-            self.streamer.put(self.prompt.unsqueeze(0))
-        if prompt_len > 1:
-            self.target.forward(self.tokens[: prompt_len - 1], last_only=True)
-            self.stats.target_forwards += 1
-            if self.hidden_layers is not None:
-                self.drafter.observe_hidden_states(self.target.hidden_states)  # positions 0..prompt_len-2
-        max_new = self._max_new()
-        step = 0
-        while True:
-            new = self.length - prompt_len
-            if new >= max_new:
-                return "length"
-            if self.cancel is not None and self.cancel.is_set():
-                return "cancelled"
-            controller = self.controller
-            k = min(self.k if controller is None else controller.choose(), max_new - new - 1)
-            step_start = time.perf_counter() if controller is not None else 0.0
-            block = self.drafter.propose(k) if k > 0 else DraftBlock.empty()
-            drafted_at = time.perf_counter() if controller is not None else 0.0
-            if len(block) > k:
-                raise RuntimeError(
-                    f"drafter {type(self.drafter).__name__} proposed {len(block)} tokens when asked for at most {k}"
-                )
-            draft_ids = block.token_ids.to(self.tokens.device)
-            n_draft = int(draft_ids.shape[0])
-            if self.on_draft is not None and n_draft:
-                self.on_draft(step, draft_ids.tolist())
-            # Feed the last committed token and the drafts: k + 1 positions to score.
-            self.tokens[self.length : self.length + n_draft] = draft_ids
-            block_ids = self.tokens[self.length - 1 : self.length + n_draft]  # [n_draft + 1]
-            logits = self.target.forward(block_ids)  # [n_draft + 1, vocab]
-            history = self.tokens[: self.length + n_draft]
-            if self.shaper.do_sample:
-                result = speculative_sample(
-                    self.shaper.probs(history, logits), draft_ids, block.draft_probs, self.generator
-                )
-            else:
-                result = greedy_verify(self.shaper.scores(history, logits), draft_ids)
-            accepted, finish = self._cut(result.token_ids, max_new - new)
-            num_accepted = min(result.num_accepted, len(accepted))
-            # The cache holds every committed token but the newest; drop the rejected drafts.
-            self.target.truncate(self.length + len(accepted) - 1)
-            self.tokens[self.length : self.length + len(accepted)] = torch.tensor(accepted, device=self.tokens.device)
-            self.length += len(accepted)
-            # A block cut short by EOS, a stop rule or the budget lost its tail, but no draft was rejected there.
-            rejected = result.num_accepted < n_draft
-            self.stats.record_step(n_draft, num_accepted, rejected=rejected)
-            self.stats.new_tokens = self.length - prompt_len
-            if self.hidden_layers is not None:
-                # the kept positions: the last committed token's and the accepted drafts'
-                self.drafter.observe_hidden_states(self.target.hidden_states[: len(accepted)])
-            self.drafter.update(accepted, num_accepted)
-            if controller is not None:
-                done_at = time.perf_counter()
-                controller.observe(
-                    n_draft, num_accepted, drafted_at - step_start, done_at - drafted_at, rejected=rejected
-                )
-            if accepted:
-                if self.sink is not None:
-                    self.sink(VerifiedBlock(step, 0, tuple(accepted), n_draft, num_accepted))
-                if self.streamer is not None:
-                    self.streamer.put(torch.tensor(accepted))
-            step += 1
-            if finish is not None:
-                return finish
-
-    def _cut(self, token_ids: list[int], room: int) -> tuple[list[int], FinishReason | None]:
-        """Trim a verified block at EOS, a stopping criterion or the token budget."""
-        token_ids = token_ids[:room]
-        for i, token in enumerate(token_ids):
-            if token in self.params.eos_token_ids:
-                return token_ids[: i + 1], "eos"
-            if self.stopping is not None:
-                end = self.length + i + 1
-                self.tokens[self.length + i] = token
-                if bool(self.stopping(self.tokens[:end].unsqueeze(0), None).any()):
-                    return token_ids[: i + 1], "stop"
-        return token_ids, None
+            seq.close(failed=failed)
+            target.capture(None)
+            target.reset()  # free the KV cache: the next call starts from scratch anyway
+        seq.stats.wall_time_s = time.perf_counter() - start
+        assert seq.finish is not None
+        return SpecOutput(sequences=seq.sequence.unsqueeze(0).clone(), stats=seq.stats, finish_reason=seq.finish)

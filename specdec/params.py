@@ -8,6 +8,7 @@ from typing import Any
 from transformers import GenerationConfig
 
 from .errors import InvalidArgumentError
+from .policy import is_policy
 
 __all__ = ["GenerationParams", "UNSET", "resolve_params"]
 
@@ -46,20 +47,18 @@ class GenerationParams:
     top_k: int | None
     top_p: float | None
     eos_token_ids: frozenset[int]
-    num_draft_tokens: int | str | None  # an int, "auto" (chosen per step) or None (the drafter's default)
+    #: An int, "auto" (chosen per step), None (the drafter's default) or a DraftLengthPolicy object.
+    num_draft_tokens: Any
     seed: int | None
 
     def __post_init__(self) -> None:
         if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
             raise InvalidArgumentError(f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}")
-        if self.num_draft_tokens is not None and self.num_draft_tokens != "auto" and (
-            isinstance(self.num_draft_tokens, bool)
-            or not isinstance(self.num_draft_tokens, int)
-            or self.num_draft_tokens < 1
-        ):
+        k = self.num_draft_tokens
+        if k is not None and k != "auto" and not is_policy(k) and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
             raise InvalidArgumentError(
-                f"num_draft_tokens must be an integer >= 1, 'auto' or None (the drafter's default), "
-                f"got {self.num_draft_tokens!r}"
+                "num_draft_tokens must be an integer >= 1, 'auto', None (the drafter's default) "
+                f"or a DraftLengthPolicy, got {k!r}"
             )
         if not isinstance(self.do_sample, bool):
             raise InvalidArgumentError(f"do_sample must be True or False, got {self.do_sample!r}")

@@ -10,6 +10,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
 
 from specdec.drafts import ModelDrafter, NGramDrafter
 from specdec import (
+    DrafterContractError,
     InvalidArgumentError,
     SpecDecError,
     SpeculativeGenerator,
@@ -254,7 +255,7 @@ def test_a_misbehaving_drafter_fails_loudly_and_the_generator_recovers(tiny_lm, 
     drafter = _GreedyDrafter()
     gen = SpeculativeGenerator(target, drafter)
     input_ids = prompt(PROMPT_LEN)
-    with pytest.raises(RuntimeError, match="proposed"):
+    with pytest.raises(DrafterContractError, match="proposed"):
         gen.generate(input_ids, max_new_tokens=NEW, num_draft_tokens=3)
     drafter.calls = -1000
     out = gen.generate(input_ids, max_new_tokens=NEW, num_draft_tokens=3)
