@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from specdec import CausalLMAdapter, SpeculativeGenerator  # noqa: E402
 from specdec.drafts.eagle import EagleDrafter, load_head  # noqa: E402
-from specdec.drafts.eagle.train import TrainConfig, train  # noqa: E402
+from specdec.drafts.eagle.train import TrainConfig, default_train_layers, train  # noqa: E402
 
 
 def machine() -> dict:
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     prompts = [torch.randint(0, args.vocab, (12,), generator=gen_).tolist() for _ in range(args.train_prompts)]
     held_out = [torch.randint(0, args.vocab, (12,), generator=gen_)[None] for _ in range(args.eval_prompts)]
 
-    layers = (2, args.layers // 2, args.layers - 3)
+    layers = default_train_layers(args.layers)
     costs = hook_cost(target, layers, repeats=5 if args.quick else 30)
     print(f"verify forward (5 tokens after 59): {costs['median_ms']} ms; hooks/plain "
           f"{costs['hooks_over_plain']:.3f}, output_hidden_states/plain {costs['output_hidden_states_over_plain']:.3f}",
