@@ -56,6 +56,7 @@ class EagleDrafter:
         self._received = 0  # target features received: positions 0..received-1
         self._cache: HeadKV | None = None
         self._settled = 0  # cache positions computed from target features
+        self._last: tuple[torch.Tensor, torch.Tensor] | None = None  # head output at the last settled position
         self._generator: torch.Generator | None = None
 
     # ------------------------------------------------------------------ protocol
@@ -63,7 +64,7 @@ class EagleDrafter:
     def begin(self, context: DraftContext) -> None:
         self._context = context
         self._committed = context.prompt_ids.tolist()
-        self._features, self._received, self._settled = [], 0, 0
+        self._features, self._received, self._settled, self._last = [], 0, 0, None
         self._cache = HeadKV.empty(self.head.config, device=self._device, dtype=self._dtype)
         self._generator = torch.Generator(device=self._device)
         self._generator.manual_seed(context.seed)
@@ -97,6 +98,7 @@ class EagleDrafter:
             hidden, logits = head.step(head.project(features), tokens, positions, cache)
             self._settled = end
             self._last = (hidden[-1:], logits[-1:])
+        assert self._last is not None
         hidden, logits = self._last
         return self._chain(hidden, logits, max_tokens, context)
 
@@ -106,7 +108,7 @@ class EagleDrafter:
         self._committed.extend(token_ids)
 
     def end(self) -> None:
-        self._context, self._cache = None, None
+        self._context, self._cache, self._last = None, None, None
         self._committed, self._features = [], []
         self._received = self._settled = 0
 
