@@ -27,6 +27,7 @@ _LAZY = {
     "check_rollback_support": ".cache",
     "DraftContext": ".drafter",
     "Drafter": ".drafter",
+    "HiddenStateDrafter": ".drafter",
     "SpeculativeGenerator": ".generator",
     "TokenSink": ".generator",
     "LogitsShaper": ".logits",
@@ -43,7 +44,7 @@ _LAZY = {
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from .adaptive import AdaptiveDraftLength, CostProfile
     from .cache import CausalLMAdapter, check_rollback_support
-    from .drafter import DraftContext, Drafter
+    from .drafter import DraftContext, Drafter, HiddenStateDrafter
     from .generator import SpeculativeGenerator, TokenSink
     from .logits import LogitsShaper
     from .policy import DraftLengthPolicy, FixedDraftLength
@@ -79,6 +80,7 @@ __all__ = [
     "DrafterContractError",
     "FixedDraftLength",
     "FinishReason",
+    "HiddenStateDrafter",
     "InvalidArgumentError",
     "LogitsShaper",
     "ModelLoadError",

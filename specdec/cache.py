@@ -99,6 +99,30 @@ class CausalLMAdapter:
             self.vocab_size = int(text_config(model).vocab_size)
         self._cache: DynamicCache | None = None
         self.length = 0
+        self._capture: _LayerCapture | None = None
+
+    @property
+    def num_layers(self) -> int:
+        return int(_num_layers(text_config(self.model)))
+
+    def check_layers(self, layers: tuple[int, ...]) -> None:
+        """Raise unless the hidden states of ``layers`` (HF ``output_hidden_states`` ids) can be captured."""
+        _LayerCapture.check(self.model, layers)
+
+    def capture(self, layers: tuple[int, ...] | None) -> None:
+        """From now on record ``layers``' hidden states in every forward (``None``: stop, remove the hooks)."""
+        if self._capture is not None:
+            self._capture.remove()
+            self._capture = None
+        if layers is not None:
+            self._capture = _LayerCapture(self.model, layers)
+
+    @property
+    def hidden_states(self) -> torch.Tensor:
+        """``[n, len(layers), hidden]``: the captured layers for every position of the last forward."""
+        if self._capture is None:
+            raise RuntimeError("no layers are being captured: call capture(layers) first")
+        return self._capture.stacked()
 
     def reset(self) -> None:
         """Forget every cached token (start of a new sequence)."""
@@ -134,3 +158,77 @@ class CausalLMAdapter:
         if length < self.length and self._cache is not None:
             self._cache.crop(length - self.length)  # transformers 5.x: a negative count removes tokens
         self.length = length
+
+
+def _num_layers(config) -> int | None:
+    for attr in ("num_hidden_layers", "n_layer", "num_layers"):
+        value = getattr(config, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+class _LayerCapture:
+    """Forward hooks that record chosen hidden states (HF ``output_hidden_states`` numbering).
+
+    Id ``i < num_layers`` is the input of decoder layer ``i`` (a pre-hook on that layer); id
+    ``num_layers`` is the output of the module that runs the layers, the final normed hidden state. Only the named
+    layers are hooked, so the forward computes nothing extra; the hooks keep references, no copies.
+    """
+
+    def __init__(self, model: PreTrainedModel, layers: tuple[int, ...]) -> None:
+        decoder_layers, base, count = self.check(model, layers)
+        self.layers = layers
+        self._seen: dict[int, torch.Tensor] = {}
+        self._handles = []
+        for index in sorted(set(layers)):
+            if index < count:
+                hook = self._pre_hook(index)
+                self._handles.append(decoder_layers[index].register_forward_pre_hook(hook, with_kwargs=True))
+            else:
+                self._handles.append(base.register_forward_hook(self._output_hook(index)))
+
+    @staticmethod
+    def check(model: PreTrainedModel, layers: tuple[int, ...]):
+        name = type(model).__name__
+        count = _num_layers(text_config(model))
+        base = getattr(model, "base_model", None)
+        # the decoder layers, and the module that runs them (its output is the final normed hidden state)
+        found = [
+            (child, parent)
+            for parent in (base.modules() if base is not None and base is not model else ())
+            for child in parent.children()
+            if isinstance(child, torch.nn.ModuleList) and len(child) == count
+        ]
+        if count is None or len(found) != 1:
+            raise UnsupportedModelError(
+                f"cannot find {name}'s decoder layers to read hidden states from; a hidden-state drafter needs them"
+            )
+        bad = [i for i in layers if not 0 <= i <= count]
+        if bad:
+            raise UnsupportedModelError(f"layer ids {bad} are outside {name}'s 0..{count} ({count} decoder layers)")
+        return found[0][0], found[0][1], count
+
+    def _pre_hook(self, index: int):
+        def hook(module, args, kwargs):
+            self._seen[index] = args[0] if args else kwargs["hidden_states"]
+
+        return hook
+
+    def _output_hook(self, index: int):
+        def hook(module, args, output):
+            self._seen[index] = output[0] if isinstance(output, tuple) else output.last_hidden_state
+
+        return hook
+
+    def stacked(self) -> torch.Tensor:
+        missing = [i for i in self.layers if i not in self._seen]
+        if missing:
+            raise RuntimeError(f"layers {missing} were not seen in the last forward")
+        return torch.stack([self._seen[i][0] for i in self.layers], dim=1)  # [n, layers, hidden]
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        self._seen = {}

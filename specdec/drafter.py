@@ -21,10 +21,11 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
+from .errors import InvalidArgumentError
 from .logits import LogitsShaper
 from .types import DraftBlock
 
-__all__ = ["Drafter", "DraftContext"]
+__all__ = ["Drafter", "DraftContext", "HiddenStateDrafter", "requested_layers"]
 
 
 @dataclass(frozen=True)
@@ -77,3 +78,41 @@ class Drafter(Protocol):
     def end(self) -> None:
         """The generation finished (or failed); release per-sequence state."""
         ...
+
+
+@runtime_checkable
+class HiddenStateDrafter(Drafter, Protocol):
+    """A drafter that reads the target's hidden states (an EAGLE head): the one extension of :class:`Drafter`.
+
+    The generator checks ``target_layers`` against the target when it is built, and hands the
+    drafter those layers' hidden states from the forward passes it runs anyway (the prefill and
+    each verify pass), for the positions the target kept. Drafters without ``target_layers`` get
+    nothing and cost nothing.
+
+    Layer ids follow Hugging Face ``output_hidden_states``: ``i < num_layers`` is the input of
+    decoder layer ``i`` (0: the embeddings), ``num_layers`` the final, normed hidden state.
+    """
+
+    target_layers: tuple[int, ...]
+
+    def observe_hidden_states(self, hidden_states: torch.Tensor) -> None:
+        """``hidden_states [n, len(target_layers), hidden]`` of the target's next ``n`` kept positions.
+
+        Positions arrive in order and exactly once: after the prefill, ``0..prompt_len-2``; after
+        each verify pass (before :meth:`update`), the last committed token's position and those of
+        the accepted drafts. The tensor lives on the target's device and may be reused afterwards.
+        """
+        ...
+
+
+def requested_layers(drafter: object) -> tuple[int, ...] | None:
+    """The target layers a drafter asks for (``None`` if it asks for none); a malformed request raises."""
+    layers = getattr(drafter, "target_layers", None)
+    if layers is None:
+        return None
+    name = type(drafter).__name__
+    if not isinstance(layers, tuple) or not layers or any(isinstance(i, bool) or not isinstance(i, int) for i in layers):
+        raise InvalidArgumentError(f"{name}.target_layers must be a non-empty tuple of layer ids, got {layers!r}")
+    if not callable(getattr(drafter, "observe_hidden_states", None)):
+        raise InvalidArgumentError(f"{name} declares target_layers but has no observe_hidden_states method")
+    return layers

@@ -11,7 +11,7 @@ from transformers import GenerationConfig, LogitsProcessorList, PreTrainedModel,
 from .adaptive import CostProfile
 from .cache import CausalLMAdapter
 from .config_processors import config_processors, config_sampling_warpers
-from .drafter import Drafter
+from .drafter import Drafter, requested_layers
 from .errors import InvalidArgumentError, VocabularyMismatchError
 from .logits import LogitsShaper
 from .params import UNSET, resolve_params
@@ -101,6 +101,10 @@ class SpeculativeGenerator:
                 "draft and target must share one tokenizer and vocabulary"
             )
         self.drafter = drafter
+        # The target layers a hidden-state drafter reads (an EAGLE head); None for every other drafter.
+        self.hidden_layers = requested_layers(drafter)
+        if self.hidden_layers is not None:
+            self.target.check_layers(self.hidden_layers)
         # Measured draft and verify costs of this (target, drafter, device), for num_draft_tokens="auto".
         self.draft_costs = CostProfile()
 
@@ -211,19 +215,25 @@ class SpeculativeGenerator:
         start = time.perf_counter()
         target = self.target
         target.reset()
+        reads_hidden = self.hidden_layers is not None
+        target.capture(self.hidden_layers)  # hooks on the named layers, only while a hidden-state drafter runs
         failed = True
         try:
             seq.begin()
             if seq.prompt_len > 1:
                 target.forward(seq.sequence[:-1], last_only=True)
                 seq.stats.target_forwards += 1
+                if reads_hidden:
+                    seq.prefilled(target.hidden_states)  # [prompt_len - 1, layers, hidden]
             while (block := seq.plan()) is not None:  # choose k, propose
                 logits = target.forward(seq.block_ids(block))  # verify: [len(block) + 1, vocab]
-                seq.commit(logits, block)  # accept, emit
+                hidden = target.hidden_states if reads_hidden else None  # [len(block) + 1, layers, hidden]
+                seq.commit(logits, block, hidden_states=hidden)  # accept, emit
                 target.truncate(seq.length - 1)  # roll back the rejected drafts
             failed = False
         finally:
             seq.close(failed=failed)
+            target.capture(None)
             target.reset()  # free the KV cache: the next call starts from scratch anyway
         seq.stats.wall_time_s = time.perf_counter() - start
         assert seq.finish is not None

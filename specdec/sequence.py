@@ -10,7 +10,10 @@ loop that owns the target calls, per step::
     seq.commit(logits, block, verify_s)     # accept, roll the drafter back, emit
 
 after which the target's cache must keep ``seq.length - 1`` tokens (every
-committed token but the newest, which the next block starts with).
+committed token but the newest, which the next block starts with). With a
+hidden-state drafter the loop also passes the target's hidden states: the
+prefill's to :meth:`Sequence.prefilled`, each verify pass's to
+``commit(..., hidden_states=)``.
 """
 
 from __future__ import annotations
@@ -146,8 +149,23 @@ class Sequence:
         self.tokens[self.length : self.length + n] = block.token_ids.to(self.tokens.device)
         return self.tokens[self.length - 1 : self.length + n]
 
-    def commit(self, logits: torch.Tensor, block: DraftBlock, verify_s: float | None = None) -> None:
-        """Verify ``block`` against the target's ``logits`` [len(block) + 1, vocab], keep what passes, emit it."""
+    def prefilled(self, hidden_states: torch.Tensor) -> None:
+        """Hand a hidden-state drafter the prefill's ``[prompt_len - 1, layers, hidden]``."""
+        self.drafter.observe_hidden_states(hidden_states)
+
+    def commit(
+        self,
+        logits: torch.Tensor,
+        block: DraftBlock,
+        verify_s: float | None = None,
+        *,
+        hidden_states: torch.Tensor | None = None,
+    ) -> None:
+        """Verify ``block`` against the target's ``logits`` [len(block) + 1, vocab], keep what passes, emit it.
+
+        ``hidden_states`` [len(block) + 1, layers, hidden]: the verify pass's, for a hidden-state
+        drafter; the rows of the kept positions reach it before ``update``.
+        """
         draft_ids = block.token_ids.to(self.tokens.device)
         n_draft = int(draft_ids.shape[0])
         history = self.tokens[: self.length + n_draft]
@@ -164,6 +182,9 @@ class Sequence:
         rejected = result.num_accepted < n_draft
         self.stats.record_step(n_draft, num_accepted, rejected=rejected)
         self.stats.new_tokens = self.new_tokens
+        if hidden_states is not None:
+            # the kept positions: the newest committed token's before this step and the accepted drafts'
+            self.drafter.observe_hidden_states(hidden_states[: len(accepted)])
         self.drafter.update(accepted, num_accepted)
         done_at = time.perf_counter()
         if verify_s is None:
