@@ -75,6 +75,11 @@ class BlockEmitter:
         self.on_block = on_block
         self.on_draft = on_draft
         self.streamer = StreamerSink(streamer) if streamer is not None else None
+        self.listeners: list[BlockCallback] = []
+
+    def listen(self, callback: BlockCallback) -> None:
+        """Also call ``callback(block)`` for every verified block (after the sink and the streamer)."""
+        self.listeners.append(callback)
 
     @classmethod
     def for_generate(cls, on_tokens: Any, on_draft: TokenCallback | None, streamer: Any) -> "BlockEmitter":
@@ -94,6 +99,8 @@ class BlockEmitter:
             self.on_block(block)
         if self.streamer is not None:
             self.streamer.on_block(block)
+        for listener in self.listeners:
+            listener(block)
 
     def close(self) -> None:
         if self.streamer is not None:
