@@ -202,7 +202,7 @@ def test_batched_rows_keep_the_target_distribution(kind, tiny_lm):
     target = _target(tiny_lm)
     drafter = ModelDrafter(_draft(tiny_lm)) if kind == "model" else NGramDrafter(max_ngram=2)
     gen = SpeculativeGenerator(target, drafter, max_batch_rows=64)
-    draws, rows = 768, 64
+    draws, rows = (512 if kind == "model" else 768), 64
     outputs = []
     for start in range(0, draws, rows):
         out = gen.generate(
@@ -217,7 +217,7 @@ def test_rows_admitted_mid_run_keep_the_target_distribution(tiny_lm):
     target = _target(tiny_lm)
     gen = SpeculativeGenerator(target, ModelDrafter(_draft(tiny_lm)), max_batch_rows=40)
     outputs = []
-    for group in range(16):
+    for group in range(12):
         # Rows already mid-generation when the sampled ones arrive.
         background = [gen.submit(PROMPT[0], do_sample=True, max_new_tokens=8, seed=10_000 + group * 4 + i) for i in range(4)]
         gen.engine.step()
