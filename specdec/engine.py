@@ -118,7 +118,7 @@ class Engine:
         *,
         max_rows: int = 16,
         min_prefill_chunk: int = 16,
-        max_prefill_chunk: int = 256,
+        max_prefill_chunk: int = 1024,
     ) -> None:
         if max_rows < 1 or min_prefill_chunk < 1 or max_prefill_chunk < min_prefill_chunk:
             raise InvalidArgumentError("max_rows, min_prefill_chunk >= 1 and max_prefill_chunk >= min_prefill_chunk")

@@ -64,7 +64,7 @@ class SpeculativeGenerator:
         *,
         max_batch_rows: int = MAX_BATCH_ROWS,
         min_prefill_chunk: int = 16,
-        max_prefill_chunk: int = 256,
+        max_prefill_chunk: int = 1024,
     ) -> None:
         self.target = BatchedTarget(target)
         for attr in ("propose", "update", "begin", "end"):
