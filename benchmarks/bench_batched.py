@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
@@ -39,22 +38,11 @@ from specdec import SpeculativeGenerator  # noqa: E402
 from specdec.drafts import NGramDrafter  # noqa: E402
 from specdec.models import load_model  # noqa: E402
 
-try:  # the benchmark instrument's home may move (issue 10 item 5)
-    from specdec.benchmark import PROMPTS, chat_ids  # noqa: E402
-except ImportError:  # pragma: no cover
-    from benchmarks.instrument import PROMPTS, chat_ids  # type: ignore  # noqa: E402
+from specdec.bench import PROMPTS, chat_ids, environment, machine_line  # noqa: E402
 
 
 def machine() -> str:
-    model = platform.processor() or "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}; torch {torch.__version__}; cpu capability {torch.backends.cpu.get_cpu_capability()}; threads {torch.get_num_threads()}"
+    return machine_line(environment())
 
 
 def hf_padded(target, tokenizer, rows, new):

@@ -23,11 +23,10 @@ import argparse
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from specdec.bench import run_bench
+from specdec.drafts import OracleDrafter
 
-from specdec.drafts import OracleDrafter  # noqa: E402
-from specdec.benchmark import run_bench  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,8 +38,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads (default 1: on a shared 2-core machine it is steadier than 2)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1: on a shared 2-core machine it is steadier than 2)",
+    )
     parser.add_argument("--draft-hidden", type=int, default=128)
     parser.add_argument("--draft-layers", type=int, default=2)
     parser.add_argument("--draft-intermediate", type=int, default=256)

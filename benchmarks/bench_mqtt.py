@@ -48,9 +48,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
+#: The corpus the MQTT tests train their offline tokenizer on (``tests/mqtt_fixtures.py``): same tokenizer, same model.
+CORPUS = [
+    "the quick brown fox jumps over the lazy dog",
+    "héllo wörld, café naïve über straße 🙂",
+    "a stream of tokens flows through the broker to every subscriber",
+    "speculative decoding drafts ahead and the target verifies",
+] * 8
 
 
 # ----------------------------------------------------------------------------- subscribers
@@ -150,31 +154,18 @@ class Workload:
     notes: str = ""
 
 
-def _tiny_llama(hidden: int, layers: int, vocab: int) -> Any:
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=vocab, hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-        bos_token_id=None, eos_token_id=None, pad_token_id=None,
-    )
-    model = LlamaForCausalLM(config).eval()
-    model.generation_config.eos_token_id = None
-    return model
-
-
 def make_workload(name: str) -> Workload:
-    from specdec.drafts import NGramDrafter
     from specdec import SpeculativeGenerator
+    from specdec.drafts import NGramDrafter
 
     if name in ("tiny", "small"):
-        from mqtt_fixtures import tiny_tokenizer  # the offline byte-level BPE of the tests
+        from specdec.bench import byte_level_bpe, random_llama
 
-        tok = tiny_tokenizer()
+        tok = byte_level_bpe(CORPUS, vocab_size=320)
         hidden, layers = (32, 2) if name == "tiny" else (256, 6)
-        model = _tiny_llama(hidden, layers, len(tok))
+        model = random_llama(
+            vocab_size=len(tok), hidden_size=hidden, num_layers=layers, num_kv_heads=2, special_tokens=False, seed=0
+        )
         ids = tok("the quick brown fox jumps over the lazy dog")["input_ids"]
         label = f"{name} llama (hidden {hidden}, {layers} layers, fp32, random weights)"
         gen = SpeculativeGenerator(model, NGramDrafter(num_draft_tokens=4))
@@ -182,7 +173,7 @@ def make_workload(name: str) -> Workload:
     if name == "smollm2":
         import torch
 
-        from specdec.benchmark import PROMPTS
+        from specdec.bench import PROMPTS
         from specdec.models import load_model
 
         model, tok = load_model(None, dtype=torch.bfloat16)
@@ -194,7 +185,11 @@ def make_workload(name: str) -> Workload:
             ids = ids["input_ids"]
         gen = SpeculativeGenerator(model, NGramDrafter())  # what `specdec serve` builds with no --target/--draft
         return Workload(
-            "SmolLM2-135M-Instruct (bf16, n-gram drafter defaults)", gen, tok, list(ids), "SmolLM2-135M-Instruct",
+            "SmolLM2-135M-Instruct (bf16, n-gram drafter defaults)",
+            gen,
+            tok,
+            list(ids),
+            "SmolLM2-135M-Instruct",
             f"chat prompt {prompt.name!r}; stops at EOS",
         )
     raise SystemExit(f"unknown model {name!r}; pick from tiny, small, smollm2")
@@ -298,22 +293,19 @@ def _pct(values: list[float], q: float) -> float:
 
 
 def _machine() -> dict[str, Any]:
-    import torch
-    import transformers
     from importlib.metadata import version
 
-    cpu = "unknown"
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+    import torch
+    import transformers
+
+    from specdec.bench import cpu_model
     from specdec.streaming.mqtt.broker import find_mosquitto
 
     mosquitto = subprocess.run([find_mosquitto() or "mosquitto", "-h"], capture_output=True, text=True)
     first = (mosquitto.stdout or mosquitto.stderr).splitlines()[0] if (mosquitto.stdout or mosquitto.stderr) else "?"
     return {
-        "cpu": cpu,
+        "cpu": cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cores": os.cpu_count(),
         "platform": platform.platform(),
         "python": platform.python_version(),
@@ -338,13 +330,14 @@ async def bench_model(name: str, args: argparse.Namespace, broker: Any) -> list[
         model_name=w.model_name, draft_name="ngram", limits=RequestLimits(max_new_tokens_cap=max(args.tokens, 1024))
     )
     runs: dict[str, list[Run]] = {s: [] for s in systems}
-    async with Worker(broker.url, w.generator, w.tokenizer, settings=settings) as worker, connect(
-        BrokerConfig.from_url(broker.url)
-    ) as raw:
+    async with (
+        Worker(broker.url, w.generator, w.tokenizer, settings=settings) as worker,
+        connect(BrokerConfig.from_url(broker.url)) as raw,
+    ):
         await run_in_process(hub, w, 16)  # warm up both paths
         await run_mqtt(broker, raw, worker, w, 16, 1)
         for r in range(args.rounds):
-            order = systems[r % len(systems):] + systems[: r % len(systems)]
+            order = systems[r % len(systems) :] + systems[: r % len(systems)]
             for system in order:
                 if system == "in-process":
                     run = await run_in_process(hub, w, args.tokens)
@@ -354,7 +347,8 @@ async def bench_model(name: str, args: argparse.Namespace, broker: Any) -> list[
                 print(
                     f"  [{name}] round {r + 1} {system:10} {run.tokens} tokens {run.tokens_per_s:8.1f} tok/s "
                     f"p99 {_pct(run.latencies, 0.99) * 1e3:7.2f} ms",
-                    file=sys.stderr, flush=True,
+                    file=sys.stderr,
+                    flush=True,
                 )
     reference = runs["in-process"][0].token_ids
     for system in systems:
@@ -378,7 +372,7 @@ async def bench_model(name: str, args: argparse.Namespace, broker: Any) -> list[
                 "tokens_per_s_rounds": tps,
                 "vs_in_process": statistics.median(tps) / base,
                 # the same ratio taken within each round, then the median: steadier when the machine's load drifts
-                "vs_in_process_paired": statistics.median(t / b for t, b in zip(tps, base_by_round)),
+                "vs_in_process_paired": statistics.median(t / b for t, b in zip(tps, base_by_round, strict=False)),
                 "latency_ms_p50": _pct(lat, 0.5) * 1e3,
                 "latency_ms_p99": _pct(lat, 0.99) * 1e3,
                 "latency_ms_max": max(lat) * 1e3,
@@ -424,6 +418,10 @@ async def main_async(args: argparse.Namespace) -> None:
         for name in args.models:
             rows.extend(await bench_model(name, args, broker))
     print_table(rows, args)
+    print(
+        f"machine: {machine['cpu']} (torch CPU capability {machine['cpu_capability']}), {machine['cores']} cores, "
+        f"{args.threads} torch threads"
+    )
     if args.json:
         payload = {
             "benchmark": "bench_mqtt",

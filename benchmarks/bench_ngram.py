@@ -23,13 +23,11 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from specdec.bench import PROMPTS, environment, progress_bar, real_table, run_real, write_json
+from specdec.drafts import NGramDrafter
+from specdec.models import load_model
 
-from specdec.drafts import NGramDrafter  # noqa: E402
-from specdec.benchmark import PROMPTS, real_table, run_real, write_json  # noqa: E402
-from specdec.benchmark.run import _progress  # noqa: E402
-from specdec.models import load_model  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,9 +37,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads (default 1: on a shared 2-core machine it is steadier than 2)")
-    parser.add_argument("--prompt-lookup-tokens", type=int, default=10, help="HF prompt_lookup_num_tokens (HF's documented value)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1: on a shared 2-core machine it is steadier than 2)",
+    )
+    parser.add_argument(
+        "--prompt-lookup-tokens", type=int, default=10, help="HF prompt_lookup_num_tokens (HF's documented value)"
+    )
     parser.add_argument("--no-auto", action="store_true", help="skip ours with num_draft_tokens='auto'")
     parser.add_argument("--quick", action="store_true", help="3 prompts, 24 tokens, 1 round, float32 only")
     parser.add_argument("--out-dir", default=str(ROOT / "docs"))
@@ -57,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_auto:
         drafters["ngram-auto"] = NGramDrafter
         ks["ngram-auto"] = "auto"
+    env = environment("cpu")
     results, texts = [], []
     for dtype in args.dtypes.split(","):
         if time.perf_counter() > deadline:
@@ -64,11 +69,19 @@ def main(argv: list[str] | None = None) -> int:
             break
         target, tokenizer = load_model(args.target, dtype=dtype, device="cpu", quiet=True)
         result = run_real(
-            target=target, tokenizer=tokenizer, prompts=prompts, drafters=drafters, num_draft_tokens=ks,
-            hf_prompt_lookup_tokens=args.prompt_lookup_tokens, max_new_tokens=args.max_new_tokens,
-            rounds=args.rounds, warmup=args.warmup, deadline=deadline, progress=_progress(True, f"bench_ngram {dtype}"),
+            target=target,
+            tokenizer=tokenizer,
+            prompts=prompts,
+            drafters=drafters,
+            num_draft_tokens=ks,
+            hf_prompt_lookup_tokens=args.prompt_lookup_tokens,
+            max_new_tokens=args.max_new_tokens,
+            rounds=args.rounds,
+            warmup=args.warmup,
+            deadline=deadline,
+            progress=progress_bar(True, f"bench_ngram {dtype}"),
         )
-        result.update(target=args.target or "SmolLM2-135M-Instruct", threads=args.threads)
+        result.update(target=args.target or "SmolLM2-135M-Instruct", threads=args.threads, environment=env)
         text = real_table(result)
         print(text, flush=True)
         results.append(result)

@@ -50,13 +50,10 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-
-from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
-
-from specdec.drafts import NGramDrafter  # noqa: E402
-from specdec import SpeculativeGenerator  # noqa: E402
-from specdec.streaming import CommitEvent, StreamHub  # noqa: E402
+from specdec import SpeculativeGenerator
+from specdec.bench import PROMPTS, cpu_model, random_llama
+from specdec.drafts import NGramDrafter
+from specdec.streaming import CommitEvent, StreamHub
 
 COUNTS = (0, 1, 100, 1000)
 
@@ -119,7 +116,7 @@ async def one_run(
     loop_cpu = time.thread_time() - loop_cpu_start  # while generation ran
     await asyncio.gather(*tasks)
     sink_times = gen.sink_times
-    latencies = [t - sink_times[step] for steps, times in receipts for step, t in zip(steps, times)]
+    latencies = [t - sink_times[step] for steps, times in receipts for step, t in zip(steps, times, strict=False)]
     for steps, _ in receipts:
         assert steps == sorted(sink_times), "a subscriber missed a commit"
     return {
@@ -138,18 +135,9 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def tiny_workload(args: argparse.Namespace) -> dict[str, Any]:
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=8192,
-        hidden_size=256,
-        intermediate_size=768,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=2048,
+    model = random_llama(
+        vocab_size=8192, hidden_size=256, intermediate_size=768, num_layers=4, num_heads=4, max_positions=2048, seed=0
     )
-    model = LlamaForCausalLM(config).eval()
-    model.generation_config.eos_token_id = None
     return {
         "name": "tiny",
         "description": "tiny random Llama (vocab 8192, hidden 256, 4 layers, float32), no tokenizer",
@@ -162,19 +150,21 @@ def tiny_workload(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def default_workload(args: argparse.Namespace) -> dict[str, Any]:
-    from specdec.benchmark import PROMPTS
     from specdec.models import load_model
 
     model, tok = load_model(None, dtype=torch.bfloat16)
     model.generation_config.eos_token_id = None  # every run makes exactly --default-tokens tokens
     prompt = next(p for p in PROMPTS if p.name == args.prompt)
-    ids = tok.apply_chat_template([{"role": "user", "content": prompt.text}], add_generation_prompt=True,
-                                  return_tensors="pt")
+    ids = tok.apply_chat_template(
+        [{"role": "user", "content": prompt.text}], add_generation_prompt=True, return_tensors="pt"
+    )
     ids = ids if isinstance(ids, torch.Tensor) else ids["input_ids"]
     return {
         "name": "default",
-        "description": (f"SmolLM2-135M-Instruct bfloat16 (CLI default), NGramDrafter() defaults, greedy, "
-                        f"chat prompt {prompt.name!r} ({ids.shape[1]} tokens), with tokenizer"),
+        "description": (
+            f"SmolLM2-135M-Instruct bfloat16 (CLI default), NGramDrafter() defaults, greedy, "
+            f"chat prompt {prompt.name!r} ({ids.shape[1]} tokens), with tokenizer"
+        ),
         "gen": TimedGenerator(SpeculativeGenerator(model, NGramDrafter())),
         "prompt": ids,
         "tokenizer": tok,
@@ -214,11 +204,13 @@ async def run_workload(work: dict[str, Any], budgets: list[str]) -> dict[str, An
         for i in order:
             n, hub_kwargs = configs[i]
             results[i].append(await one_run(gen, prompt, tok, work["tokens"], n, hub_kwargs))
-        print(f"  {work['name']}: round {round_ + 1}/{work['rounds']} done ({time.perf_counter() - started:.0f} s)",
-              file=sys.stderr)
+        print(
+            f"  {work['name']}: round {round_ + 1}/{work['rounds']} done ({time.perf_counter() - started:.0f} s)",
+            file=sys.stderr,
+        )
     base = statistics.median(r["tokens_per_s"] for r in results[0])
     rows = []
-    for (n, hub_kwargs), runs in zip(configs, results):
+    for (n, hub_kwargs), runs in zip(configs, results, strict=False):
         row: dict[str, Any] = {
             "subscribers": n,
             "hub": hub_kwargs,
@@ -226,7 +218,8 @@ async def run_workload(work: dict[str, Any], budgets: list[str]) -> dict[str, An
             # the ratio of medians, and the median of the per-round ratios (each run against its own round's 0)
             "ratio_to_0": statistics.median(r["tokens_per_s"] for r in runs) / base,
             "ratio_to_0_paired": statistics.median(
-                r["tokens_per_s"] / z["tokens_per_s"] for r, z in zip(runs, results[0])),
+                r["tokens_per_s"] / z["tokens_per_s"] for r, z in zip(runs, results[0], strict=False)
+            ),
             "tokens_per_s_runs": [round(r["tokens_per_s"], 2) for r in runs],
             "loop_cpu_share": statistics.median(r["loop_cpu_s"] / r["wall_s"] for r in runs),
             "steps_per_run": statistics.median(r["steps"] for r in runs),
@@ -247,19 +240,19 @@ async def run_workload(work: dict[str, Any], budgets: list[str]) -> dict[str, An
 
 
 def machine() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
     try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=os.path.dirname(__file__), check=False).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=os.path.dirname(__file__),
+            check=False,
+        ).stdout.strip()
     except OSError:
         commit = ""
     return {
-        "cpu": cpu,
+        "cpu": cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -273,28 +266,42 @@ def machine() -> dict[str, Any]:
 
 def print_table(result: dict[str, Any]) -> None:
     print(f"\n{result['workload']}: {result['description']}")
-    print(f"{result['new_tokens_per_run']} new tokens/run, {result['rounds']} interleaved rounds, medians; "
-          f"steps/run {result['rows'][0]['steps_per_run']:g}")
-    print(f"{'subscribers':>11} {'hub':>40} {'tokens/s':>9} {'vs 0':>7} {'paired':>7} {'loop CPU':>9} "
-          f"{'p50 ms':>7} {'p99 ms':>7} {'max ms':>7}")
+    print(
+        f"{result['new_tokens_per_run']} new tokens/run, {result['rounds']} interleaved rounds, medians; "
+        f"steps/run {result['rows'][0]['steps_per_run']:g}"
+    )
+    print(
+        f"{'subscribers':>11} {'hub':>40} {'tokens/s':>9} {'vs 0':>7} {'paired':>7} {'loop CPU':>9} "
+        f"{'p50 ms':>7} {'p99 ms':>7} {'max ms':>7}"
+    )
     for row in result["rows"]:
-        lat = (f"{row['latency_p50_ms']:7.2f} {row['latency_p99_ms']:7.2f} {row['latency_max_ms']:7.2f}"
-               if row["subscribers"] else f"{'-':>7} {'-':>7} {'-':>7}")
+        lat = (
+            f"{row['latency_p50_ms']:7.2f} {row['latency_p99_ms']:7.2f} {row['latency_max_ms']:7.2f}"
+            if row["subscribers"]
+            else f"{'-':>7} {'-':>7} {'-':>7}"
+        )
         hub = ",".join(f"{k}={v:g}" for k, v in row["hub"].items()) or "defaults"
-        print(f"{row['subscribers']:>11} {hub:>40} {row['tokens_per_s']:>9.1f} {row['ratio_to_0']:>7.1%} "
-              f"{row['ratio_to_0_paired']:>7.1%} {row['loop_cpu_share']:>9.1%} {lat}")
+        print(
+            f"{row['subscribers']:>11} {hub:>40} {row['tokens_per_s']:>9.1f} {row['ratio_to_0']:>7.1%} "
+            f"{row['ratio_to_0_paired']:>7.1%} {row['loop_cpu_share']:>9.1%} {lat}"
+        )
     by_n = {row["subscribers"]: row for row in result["rows"] if not row["hub"]}
     at_1000, p99_100 = by_n[1000]["ratio_to_0"], by_n[100]["latency_p99_ms"]
-    print(f"targets: throughput at 1,000 >= 95% of 0: {at_1000:.1%} ({'met' if at_1000 >= 0.95 else 'NOT met'}); "
-          f"p99 latency at 100 < 5 ms: {p99_100:.2f} ms ({'met' if p99_100 < 5 else 'NOT met'})")
+    print(
+        f"targets: throughput at 1,000 >= 95% of 0: {at_1000:.1%} ({'met' if at_1000 >= 0.95 else 'NOT met'}); "
+        f"p99 latency at 100 < 5 ms: {p99_100:.2f} ms ({'met' if p99_100 < 5 else 'NOT met'})"
+    )
 
 
 async def main(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     if args.switch_interval is not None:
         sys.setswitchinterval(args.switch_interval / 1e3)
-    report: dict[str, Any] = {"machine": machine(), "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
-                              "results": []}
+    report: dict[str, Any] = {
+        "machine": machine(),
+        "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
+        "results": [],
+    }
     makers = {"tiny": tiny_workload, "default": default_workload}
     for name in args.workloads:
         work = makers[name](args)
@@ -303,8 +310,11 @@ async def main(args: argparse.Namespace) -> None:
         print_table(result)
         del work
     m = report["machine"]
-    print(f"\n{m['cpu']}, {m['cpus']} CPUs; python {m['python']}, torch {m['torch']}, torch threads "
-          f"{m['torch_threads']}, GIL switch interval {m['gil_switch_interval_ms']:g} ms; commit {m['commit']}")
+    print(
+        f"\n{m['cpu']} (torch CPU capability {m['cpu_capability']}), {m['cpus']} CPUs; "
+        f"python {m['python']}, torch {m['torch']}, torch threads "
+        f"{m['torch_threads']}, GIL switch interval {m['gil_switch_interval_ms']:g} ms; commit {m['commit']}"
+    )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1)
@@ -320,12 +330,18 @@ if __name__ == "__main__":
     parser.add_argument("--default-rounds", type=int, default=None, help="override --rounds for the default model")
     parser.add_argument("--tiny-tokens", type=int, default=200, help="new tokens per run, tiny model")
     parser.add_argument("--default-tokens", type=int, default=96, help="new tokens per run, default model")
-    parser.add_argument("--prompt", default="edit-email", help="benchmark prompt name (specdec.benchmark.PROMPTS)")
+    parser.add_argument("--prompt", default="edit-email", help="benchmark prompt name (specdec.bench.PROMPTS)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (the loop needs a core)")
-    parser.add_argument("--switch-interval", type=float, default=None,
-                        help="sys.setswitchinterval in ms (Python's default is 5 ms)")
-    parser.add_argument("--budgets", nargs="*", default=["0.05", "0.02:0.25"], metavar="SHARE[:MAX_DELAY_S]",
-                        help="also run 100 and 1,000 subscribers with StreamHub(fanout_share=SHARE, "
-                             "fanout_max_delay_s=MAX_DELAY_S) for each; none to skip")
+    parser.add_argument(
+        "--switch-interval", type=float, default=None, help="sys.setswitchinterval in ms (Python's default is 5 ms)"
+    )
+    parser.add_argument(
+        "--budgets",
+        nargs="*",
+        default=["0.05", "0.02:0.25"],
+        metavar="SHARE[:MAX_DELAY_S]",
+        help="also run 100 and 1,000 subscribers with StreamHub(fanout_share=SHARE, "
+        "fanout_max_delay_s=MAX_DELAY_S) for each; none to skip",
+    )
     parser.add_argument("--json", default=None, help="also write the results here")
     asyncio.run(main(parser.parse_args()))

@@ -34,13 +34,21 @@ import time
 from pathlib import Path
 
 import torch
+from transformers import LlamaForCausalLM
+
+from specdec.bench import (
+    controlled_table,
+    environment,
+    oracle_model_class,
+    plot_controlled,
+    progress_bar,
+    random_llama,
+    run_controlled,
+    write_json,
+)
+from specdec.drafts import OracleDrafter
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from specdec.drafts import OracleDrafter  # noqa: E402
-from specdec.benchmark import controlled_table, oracle_model_class, plot_controlled, random_llama, run_controlled, write_json  # noqa: E402
-from specdec.benchmark.run import _environment, _progress  # noqa: E402
 
 VOCAB = 32000
 SHAPES = {
@@ -55,16 +63,28 @@ TINY_VOCAB = 8000
 
 
 def build(
-    shape: tuple[int, int, int, int, int], *, vocab: int, dtype, device, seed: int, oracle: bool = False,
+    shape: tuple[int, int, int, int, int],
+    *,
+    vocab: int,
+    dtype,
+    device,
+    seed: int,
+    oracle: bool = False,
     stable: bool = False,
 ):
-    from transformers import LlamaForCausalLM
-
     hidden, layers, intermediate, heads, kv = shape
     return random_llama(
-        vocab_size=vocab, hidden_size=hidden, num_layers=layers, intermediate_size=intermediate, num_heads=heads,
-        num_kv_heads=kv, dtype=dtype, device=device, seed=seed,
-        model_class=oracle_model_class(LlamaForCausalLM) if oracle else None, stable_greedy=stable,
+        vocab_size=vocab,
+        hidden_size=hidden,
+        num_layers=layers,
+        intermediate_size=intermediate,
+        num_heads=heads,
+        num_kv_heads=kv,
+        dtype=dtype,
+        device=device,
+        seed=seed,
+        model_class=oracle_model_class(LlamaForCausalLM) if oracle else None,
+        stable_greedy=stable,
     )
 
 
@@ -91,8 +111,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-s", type=float, default=450.0, help="hard budget: no run starts after this")
     parser.add_argument("--tiny", action="store_true", help="tiny shapes (CPU smoke test)")
     parser.add_argument("--no-hf", action="store_true")
-    parser.add_argument("--dtype", default=None, choices=["bfloat16", "float16", "float32"],
-                        help="default: bfloat16 on CUDA, float32 on CPU")
+    parser.add_argument(
+        "--dtype",
+        default=None,
+        choices=["bfloat16", "float16", "float32"],
+        help="default: bfloat16 on CUDA, float32 on CPU",
+    )
     parser.add_argument("--out-dir", default=str(ROOT / "docs"))
     args = parser.parse_args(argv)
     start = time.perf_counter()
@@ -108,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     ks = [int(k) for k in args.ks.split(",")]
     targets = args.targets.split(",")
     out_dir = Path(args.out_dir)
-    summary: dict = {"environment": _environment(str(device)), "dtype": str(dtype), "results": {}}
+    summary: dict = {"environment": environment(str(device)), "dtype": str(dtype), "results": {}}
     draft = build(shapes["draft-68m"], vocab=vocab, dtype=dtype, device=device, seed=1, oracle=True)
     draft_params = sum(p.numel() for p in draft.parameters())
     generator = torch.Generator().manual_seed(0)
@@ -123,19 +147,34 @@ def main(argv: list[str] | None = None) -> int:
         target = build(shapes[name], vocab=vocab, dtype=dtype, device=device, seed=0, stable=True)
         params = sum(p.numel() for p in target.parameters())
         result = run_controlled(
-            target=target, draft=draft, prompt_ids=prompt.to(device), oracle_factory=OracleDrafter, alphas=alphas,
-            ks=ks, max_new_tokens=args.max_new_tokens, rounds=args.rounds, warmup=args.warmup,
-            include_hf=not args.no_hf, deadline=time.perf_counter() + share, progress=_progress(True, f"sweep {name}"),
+            target=target,
+            draft=draft,
+            prompt_ids=prompt.to(device),
+            oracle_factory=OracleDrafter,
+            alphas=alphas,
+            ks=ks,
+            max_new_tokens=args.max_new_tokens,
+            rounds=args.rounds,
+            warmup=args.warmup,
+            include_hf=not args.no_hf,
+            deadline=time.perf_counter() + share,
+            progress=progress_bar(True, f"sweep {name}"),
         )
         result.update(
-            target=f"random Llama {params / 1e9:.2f}B ({name} shapes)", draft=f"random Llama {draft_params / 1e6:.0f}M",
-            dtype=str(dtype).replace("torch.", ""), device=summary["environment"].get("gpu", str(device)),
+            target=f"random Llama {params / 1e9:.2f}B ({name} shapes)",
+            draft=f"random Llama {draft_params / 1e6:.0f}M",
+            dtype=str(dtype).replace("torch.", ""),
+            device=summary["environment"].get("gpu", str(device)),
+            environment=summary["environment"],
         )
         print(controlled_table(result), flush=True)
         problems = realised_alpha_problems(result)
         result["stale_reference_cells"] = problems
         if problems:
-            print(f"gpu_sweep: WARNING, the oracle's reference went stale in {len(problems)} cells: {problems}", flush=True)
+            print(
+                f"gpu_sweep: WARNING, the oracle's reference went stale in {len(problems)} cells: {problems}",
+                flush=True,
+            )
         summary["results"][name] = result
         write_json(summary, out_dir / "bench_gpu_sweep.json")
         plot_controlled(result, out_dir / f"bench_gpu_{name}.png", title=f"{result['target']} on {result['device']}")

@@ -2,6 +2,6 @@
 
 from .model import ModelDrafter
 from .ngram import NGramDrafter
-from .oracle import OracleDrafter
+from .oracle import OracleDrafter, oracle_token
 
-__all__ = ["ModelDrafter", "NGramDrafter", "OracleDrafter"]
+__all__ = ["ModelDrafter", "NGramDrafter", "OracleDrafter", "oracle_token"]

@@ -1,12 +1,41 @@
-"""A drafter with a fixed acceptance rate, for tests and benchmarks."""
+"""A drafter with a fixed acceptance rate, for tests and benchmarks, and the oracle's draw.
+
+:func:`oracle_token` decides whether the draft at a given position is right
+and, if not, which wrong token it is. :class:`OracleDrafter` and the
+benchmark's oracle for Hugging Face assisted generation
+(:mod:`specdec.bench.oracle_assistant`) both use it, so both systems see the
+same right/wrong pattern.
+
+The draw depends on ``(seed, position)`` only, not on how many draws came
+before. Every draft length, ``auto`` included, therefore meets the same
+pattern over the same text: two runs that differ only in ``k`` differ in speed
+because of ``k``, not because one of them was luckier with its draws.
+"""
 
 from __future__ import annotations
 
+import random
+
 import torch
+from transformers import PreTrainedModel
 
-from specdec import CausalLMAdapter, DraftBlock, DraftContext, InvalidArgumentError, oracle_token
+from specdec import CausalLMAdapter, DraftBlock, DraftContext, InvalidArgumentError
 
-__all__ = ["OracleDrafter"]
+__all__ = ["OracleDrafter", "oracle_token"]
+
+
+def oracle_token(reference: list[int], position: int, acceptance: float, seed: int, vocab_size: int) -> int:
+    """The token an oracle with per-token acceptance ``acceptance`` drafts at ``position``.
+
+    With probability ``acceptance`` it is ``reference[position]`` (0 past the
+    end of the reference); otherwise a different token, uniform over the rest
+    of the vocabulary.
+    """
+    right = reference[position] if position < len(reference) else 0
+    rng = random.Random(f"specdec-oracle:{seed}:{position}")
+    if rng.random() < acceptance:
+        return right
+    return (right + 1 + rng.randrange(vocab_size - 1)) % vocab_size
 
 
 class OracleDrafter:
@@ -17,7 +46,7 @@ class OracleDrafter:
     each position the drafter proposes the reference token with probability
     ``acceptance`` and a different token otherwise, so with greedy decoding the
     per-token acceptance rate is ``acceptance``. The draw at a position depends
-    on ``(seed, position)`` alone (:func:`specdec.oracle.oracle_token`), so runs
+    on ``(seed, position)`` alone (:func:`oracle_token`), so runs
     repeat exactly and every draft length meets the same right/wrong pattern.
     Past the end of the reference it proposes nothing.
 
@@ -36,7 +65,7 @@ class OracleDrafter:
         seed: int = 0,
         *,
         num_draft_tokens: int = 4,
-        cost_model: torch.nn.Module | None = None,
+        cost_model: PreTrainedModel | None = None,
     ) -> None:
         reference = torch.as_tensor(reference_ids)
         if reference.dim() == 2 and reference.shape[0] == 1:

@@ -19,7 +19,6 @@ from .errors import (
 from .generator import SpeculativeGenerator, TokenSink
 from .logits import LogitsShaper
 from .policy import DraftLengthPolicy, FixedDraftLength
-from .oracle import oracle_token
 from .types import DraftBlock, FinishReason, SpecOutput, SpecStats, VerifiedBlock, VerifyResult
 from .verify import greedy_verify, speculative_sample
 
@@ -50,7 +49,6 @@ __all__ = [
     "VocabularyMismatchError",
     "check_rollback_support",
     "greedy_verify",
-    "oracle_token",
     "speculative_sample",
     "__version__",
 ]

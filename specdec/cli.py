@@ -119,12 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--num-draft-tokens", type=_draft_length, default=None)
 
     bench = sub.add_parser("bench", help="benchmark speculative decoding against its ceiling and its peers")
-    try:
-        from .benchmark import add_bench_arguments
-    except ImportError:  # pragma: no cover - the benchmark extras are optional
-        add_bench_arguments = None
-    if add_bench_arguments is not None:
-        add_bench_arguments(bench)
+    from specdec.bench import add_bench_arguments  # the instrument above the packages: loaded here, lazily
+
+    add_bench_arguments(bench)
     return parser
 
 
@@ -246,11 +243,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from specdec.drafts import ModelDrafter, NGramDrafter, OracleDrafter
+    from specdec.bench import run_bench
 
-    from .benchmark import run_bench
-
-    run_bench(args, {"ngram": NGramDrafter, "model": ModelDrafter, "oracle": OracleDrafter})
+    run_bench(args)  # the drafters of specdec.drafts
     return 0
 
 

@@ -9,8 +9,10 @@ import threading
 from typing import Any
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
+
+from specdec.bench.models import byte_level_bpe, random_llama
 
 CORPUS = [
     "héllo wörld 日本語 🙂",
@@ -24,14 +26,7 @@ CORPUS = [
 @functools.lru_cache(maxsize=None)
 def byte_level_tokenizer() -> PreTrainedTokenizerFast:
     """Byte-level BPE (GPT-2 style): multi-byte characters are split across byte tokens."""
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=300, min_frequency=2, special_tokens=["<eos>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    tok.train_from_iterator(CORPUS, trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", clean_up_tokenization_spaces=False)
+    return byte_level_bpe(CORPUS, vocab_size=300)
 
 
 @functools.lru_cache(maxsize=None)
@@ -63,22 +58,8 @@ def metaspace_tokenizer() -> PreTrainedTokenizerFast:
 
 
 def tiny_llama(vocab_size: int = 128, seed: int = 0, hidden: int = 32, layers: int = 2) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=hidden,
-        intermediate_size=hidden * 2,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        eos_token_id=None,
-        bos_token_id=None,
-        pad_token_id=None,
-    )
-    model = LlamaForCausalLM(config).eval()
-    model.generation_config.eos_token_id = None
-    return model
+    return random_llama(vocab_size=vocab_size, hidden_size=hidden, num_layers=layers, num_kv_heads=2,
+                        max_positions=512, special_tokens=False, seed=seed)
 
 
 def run(coro: Any, timeout: float = 30.0) -> Any:

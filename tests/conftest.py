@@ -1,5 +1,9 @@
 """Shared fixtures: tiny random causal LMs built from configs (no model hub).
 
+The models come from the one factory of the tests and benchmarks,
+:func:`specdec.bench.models.random_model`; this file holds the tests' tiny
+configs of every promised architecture.
+
 Models are cached per (architecture, seed, dtype, overrides) for the whole
 session; tests must treat them as read-only (they are in eval mode and every
 forward runs under ``inference_mode``).
@@ -7,14 +11,16 @@ forward runs under ``inference_mode``).
 
 from __future__ import annotations
 
-from typing import Any, Callable
-
 import os
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
 import transformers
-from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
+from transformers import AutoConfig, PretrainedConfig, PreTrainedModel
+
+from specdec.bench.models import random_model
 
 transformers.logging.set_verbosity_error()
 
@@ -80,13 +86,11 @@ def build_model(
     if key not in _MODELS:
         if logit_scale is not None:
             overrides.setdefault("tie_word_embeddings", False)
-        config = tiny_config(arch, **overrides)
-        torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_config(config)
+        # Drawn in float32 on the CPU, then cast and moved: every dtype and device holds the same weights.
+        model = random_model(tiny_config(arch, **overrides), seed=seed)
         if logit_scale is not None:
-            with torch.no_grad():
-                model.get_output_embeddings().weight.mul_(logit_scale)
-        _MODELS[key] = model.to(device=TEST_DEVICE, dtype=dtype).eval().requires_grad_(False)
+            model.get_output_embeddings().weight.mul_(logit_scale)
+        _MODELS[key] = model.to(device=TEST_DEVICE, dtype=dtype)
     return _MODELS[key]
 
 

@@ -16,11 +16,11 @@ from typing import Any, Awaitable, Callable, TypeVar
 
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from specdec.bench.models import byte_level_bpe, random_llama  # noqa: E402
 from specdec.streaming.mqtt.broker import LocalMosquitto, find_mosquitto  # noqa: E402
 
 T = TypeVar("T")
@@ -36,14 +36,7 @@ CORPUS = [
 @functools.lru_cache(maxsize=None)
 def tiny_tokenizer() -> PreTrainedTokenizerFast:
     """A byte-level BPE trained offline on a small corpus (multi-byte characters split across tokens)."""
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=320, min_frequency=2, special_tokens=["<eos>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    tok.train_from_iterator(CORPUS, trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", clean_up_tokenization_spaces=False)
+    return byte_level_bpe(CORPUS, vocab_size=320)
 
 
 @functools.lru_cache(maxsize=None)
@@ -52,23 +45,8 @@ def tiny_model(seed: int = 0, copy: int = 0) -> LlamaForCausalLM:
 
     ``copy`` gives another object with the same weights (one per worker: a generator owns its model's cache).
     """
-    vocab = len(tiny_tokenizer())
-    config = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        bos_token_id=None,
-        eos_token_id=None,
-        pad_token_id=None,
-    )
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(config).eval()
-    model.generation_config.eos_token_id = None
-    return model
+    return random_llama(vocab_size=len(tiny_tokenizer()), num_kv_heads=2, max_positions=1024, special_tokens=False,
+                        seed=seed)
 
 
 def tiny_generator(seed: int = 0, *, delay_s: float = 0.0, copy: int = 0) -> Any:

@@ -15,7 +15,7 @@ from specdec.adaptive import (
     expected_tokens,
     ideal_speedup,
 )
-from specdec.benchmark import random_llama
+from specdec.bench import random_llama
 from specdec.types import SpecStats
 
 

@@ -9,26 +9,25 @@ import warnings
 
 import pytest
 import torch
-from transformers import LlamaForCausalLM
 
-from specdec.drafts import NGramDrafter, OracleDrafter
-from specdec import SpeculativeGenerator
-from specdec.benchmark import (
+from specdec import SpecStats, SpeculativeGenerator
+from specdec.bench import (
+    auto_summary,
     build_cost_draft,
     configure_assistant,
     configure_oracle,
     controlled_table,
-    oracle_model_class,
+    draft_length_histogram,
+    hf_summary,
+    paired_ratio,
     plot_controlled,
     random_llama,
     run_bench,
     run_controlled,
+    time_forward,
     write_json,
 )
-from specdec.benchmark.controlled import draft_length_histogram
-from specdec.benchmark.harness import time_forward
-from specdec.benchmark.report import auto_summary, hf_summary, paired_ratio
-from specdec.types import SpecStats
+from specdec.drafts import NGramDrafter, OracleDrafter
 
 VOCAB = 256
 
@@ -65,7 +64,9 @@ def test_hf_assisted_with_oracle_is_exact(target, draft, alpha):
     configure_oracle(draft, reference[0].tolist(), alpha, seed=3)
     configure_assistant(draft, 4)
     with torch.inference_mode():
-        out = target.generate(prompt, attention_mask=torch.ones_like(prompt), assistant_model=draft, do_sample=False, max_new_tokens=20)
+        out = target.generate(
+            prompt, attention_mask=torch.ones_like(prompt), assistant_model=draft, do_sample=False, max_new_tokens=20
+        )
     configure_oracle(draft, None)
     assert torch.equal(out, reference)
 
@@ -171,7 +172,7 @@ def test_time_forward_rolls_back(target):
 
 def test_run_bench_real_workload_on_a_tiny_model(tmp_path, monkeypatch, target):
     """run_bench wiring for the real workload, with the model loader swapped for a tiny model."""
-    import specdec.benchmark.run as run_module
+    import specdec.bench.run as run_module
 
     class Tokenizer:
         chat_template = None

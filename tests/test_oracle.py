@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from specdec.drafts import OracleDrafter
-from specdec import DraftContext, Drafter, InvalidArgumentError, LogitsShaper, SpeculativeGenerator, oracle_token
+from specdec import DraftContext, Drafter, InvalidArgumentError, LogitsShaper, SpeculativeGenerator
+from specdec.drafts import OracleDrafter, oracle_token
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -8,12 +8,16 @@ a model drafter). All greedy, same dtype and device, interleaved.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
+from transformers import PreTrainedModel
 
-from ..generator import SpeculativeGenerator
-from .harness import interleave, median
+from specdec import SpeculativeGenerator
+
+from .harness import hf_greedy, interleave, median
+from .oracle_assistant import configure_assistant
 from .workloads import Prompt, chat_ids
 
 __all__ = ["run_real"]
@@ -21,11 +25,11 @@ __all__ = ["run_real"]
 
 def run_real(
     *,
-    target: torch.nn.Module,
-    tokenizer,
+    target: PreTrainedModel,
+    tokenizer: Any,
     prompts: list[Prompt],
     drafters: dict[str, Callable[[], Any]],
-    draft_model: torch.nn.Module | None = None,
+    draft_model: PreTrainedModel | None = None,
     draft_k: int = 4,
     hf_prompt_lookup_tokens: int = 10,
     max_new_tokens: int = 64,
@@ -54,10 +58,15 @@ def run_real(
         ids = inputs[prompt_name]
 
         def run() -> None:
-            with torch.inference_mode():
-                outputs[key] = target.generate(
-                    ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=max_new_tokens, **extra
-                ).cpu()
+            outputs[key] = hf_greedy(target, ids, max_new_tokens, **extra).cpu()
+
+        return run
+
+    def ours(key: str, gen: SpeculativeGenerator, ids: torch.Tensor, k: int | str | None) -> Callable[[], None]:
+        def run() -> None:
+            out = gen.generate(ids, max_new_tokens=max_new_tokens, num_draft_tokens=k, seed=seed)
+            outputs[key] = out.sequences.cpu()
+            stats[key] = out.stats
 
         return run
 
@@ -67,19 +76,11 @@ def run_real(
             p.name, f"{p.name}|hf-prompt-lookup", prompt_lookup_num_tokens=hf_prompt_lookup_tokens
         )
         if draft_model is not None:
-            draft_model.generation_config.num_assistant_tokens = draft_k
-            draft_model.generation_config.num_assistant_tokens_schedule = "constant"
-            draft_model.generation_config.assistant_confidence_threshold = 0.0
+            configure_assistant(draft_model, draft_k)
             systems[f"{p.name}|hf-assisted"] = hf(p.name, f"{p.name}|hf-assisted", assistant_model=draft_model)
         for name, gen in generators.items():
             key = f"{p.name}|ours-{name}"
-
-            def run(key=key, gen=gen, ids=inputs[p.name], k=num_draft_tokens.get(name)) -> None:
-                out = gen.generate(ids, max_new_tokens=max_new_tokens, num_draft_tokens=k, seed=seed)
-                outputs[key] = out.sequences.cpu()
-                stats[key] = out.stats
-
-            systems[key] = run
+            systems[key] = ours(key, gen, inputs[p.name], num_draft_tokens.get(name))
 
     total = (warmup + rounds) * len(systems)
     tick = progress(total) if progress is not None else None
@@ -112,7 +113,11 @@ def run_real(
         rows.append(row)
 
     summary: dict[str, Any] = {}
-    for group, keep in (("grounded", lambda r: r["grounded"]), ("open", lambda r: not r["grounded"]), ("all", lambda r: True)):
+    for group, keep in (
+        ("grounded", lambda r: r["grounded"]),
+        ("open", lambda r: not r["grounded"]),
+        ("all", lambda r: True),
+    ):
         chosen = [r for r in rows if keep(r)]
         if not chosen:
             continue

@@ -16,14 +16,16 @@ baseline a loop with no overhead besides its forward passes would reach.
 
 from __future__ import annotations
 
-import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
+from transformers import PreTrainedModel
 
-from ..adaptive import expected_tokens, ideal_speedup
-from ..generator import SpeculativeGenerator
-from .harness import device_sync, interleave, median, time_forward
+from specdec import SpeculativeGenerator
+from specdec.adaptive import expected_tokens, ideal_speedup
+
+from .harness import hf_greedy, interleave, median, time_forward
 from .oracle_assistant import configure_assistant, configure_oracle
 
 __all__ = ["run_controlled", "draft_length_histogram"]
@@ -41,18 +43,17 @@ def draft_length_histogram(stats) -> dict[int, int]:
     return {k: n for k, n in histogram.items() if n}
 
 
-def _target_alone(target, prompt: torch.Tensor, max_new_tokens: int) -> Callable[[], torch.Tensor]:
+def _target_alone(target: PreTrainedModel, prompt: torch.Tensor, max_new_tokens: int) -> Callable[[], torch.Tensor]:
     def run() -> torch.Tensor:
-        with torch.inference_mode():
-            return target.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False, max_new_tokens=max_new_tokens)
+        return hf_greedy(target, prompt, max_new_tokens)
 
     return run
 
 
 def run_controlled(
     *,
-    target: torch.nn.Module,
-    draft: torch.nn.Module,
+    target: PreTrainedModel,
+    draft: PreTrainedModel,
     prompt_ids: torch.Tensor,
     oracle_factory: Callable[..., Any],
     alphas: list[float],
@@ -66,7 +67,7 @@ def run_controlled(
     deadline: float | None = None,
     progress: Callable[[int], Callable[[str], None]] | None = None,
 ) -> dict:
-    """Run the sweep and return a JSON-ready dict (see :mod:`specdec.benchmark.report`).
+    """Run the sweep and return a JSON-ready dict (see :mod:`specdec.bench.report`).
 
     ``draft`` must be an oracle model (see :func:`oracle_model_class`) sharing
     the target's vocabulary; ``oracle_factory`` is ``specdec.drafts.OracleDrafter``.
@@ -75,12 +76,11 @@ def run_controlled(
     device = next(target.parameters()).device
     prompt = prompt_ids.to(device)
     configure_oracle(draft, None)
-    with torch.inference_mode():
-        reference = target.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False, max_new_tokens=max_new_tokens)
+    reference = hf_greedy(target, prompt, max_new_tokens)
     reference_ids = reference[0].tolist()
     new_tokens = len(reference_ids) - prompt.shape[1]
 
-    systems: dict[str, Callable[[], torch.Tensor]] = {}
+    systems: dict[str, Callable[[], object]] = {}
     ours: dict[str, tuple[SpeculativeGenerator, int | str]] = {}
     outputs: dict[str, torch.Tensor] = {}
     hf_verifies: dict[str, int] = {}
@@ -90,7 +90,10 @@ def run_controlled(
         systems[f"target#{alpha_i}"] = _target_alone(target, prompt, max_new_tokens)
         for k in ks + (["auto"] if include_auto else []):
             drafter = oracle_factory(
-                torch.tensor(reference_ids), alpha, seed, num_draft_tokens=k if k != "auto" else max(ks) // 2 or 1,
+                torch.tensor(reference_ids),
+                alpha,
+                seed,
+                num_draft_tokens=k if k != "auto" else max(ks) // 2 or 1,
                 cost_model=draft,
             )
             gen = SpeculativeGenerator(target, drafter)
@@ -113,11 +116,7 @@ def run_controlled(
                     counter = [0]
                     hook = target.register_forward_pre_hook(lambda *_: counter.__setitem__(0, counter[0] + 1))
                     try:
-                        with torch.inference_mode():
-                            seq = target.generate(
-                                prompt, attention_mask=torch.ones_like(prompt), assistant_model=draft,
-                                do_sample=False, max_new_tokens=max_new_tokens,
-                            )
+                        seq = hf_greedy(target, prompt, max_new_tokens, assistant_model=draft)
                     finally:
                         hook.remove()
                         configure_oracle(draft, None)
@@ -173,13 +172,15 @@ def run_controlled(
                 "ours_round_s": list(timings.seconds.get(name, [])),
                 "ours_speedup": baseline_s / seconds if seconds == seconds else None,
                 "ours_tokens_per_s": new_tokens / seconds if seconds == seconds else None,
-                "ours_same_tokens": bool(torch.equal(outputs[name].cpu(), reference.cpu())) if name in outputs else None,
+                "ours_same_tokens": bool(torch.equal(outputs[name].cpu(), reference.cpu()))
+                if name in outputs
+                else None,
             }
             if stats is not None:
                 measured_alpha = stats.conditional_acceptance  # accepted / tested drafts: alpha as the formula means it
                 row["measured_alpha"] = measured_alpha
                 row["tokens_per_verify"] = stats.mean_accepted_per_step
-            if k != "auto":
+            if isinstance(k, int):
                 v = verify_s[k + 1] / step_s
                 row["c"] = c
                 row["v"] = v
@@ -202,7 +203,9 @@ def run_controlled(
                 row["hf_s"] = hf_seconds
                 row["hf_round_s"] = list(timings.seconds.get(hf_name, []))
                 row["hf_speedup"] = baseline_s / hf_seconds if hf_seconds == hf_seconds else None
-                row["hf_same_tokens"] = bool(torch.equal(outputs[hf_name].cpu(), reference.cpu())) if hf_name in outputs else None
+                row["hf_same_tokens"] = (
+                    bool(torch.equal(outputs[hf_name].cpu(), reference.cpu())) if hf_name in outputs else None
+                )
                 row["hf_tokens_per_verify"] = new_tokens / hf_verifies[hf_name] if hf_verifies.get(hf_name) else None
                 if row["ours_speedup"] and row["hf_speedup"]:
                     row["ours_over_hf"] = row["ours_speedup"] / row["hf_speedup"]

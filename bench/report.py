@@ -7,7 +7,16 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-__all__ = ["controlled_table", "real_table", "auto_summary", "hf_summary", "paired_ratio", "write_json", "plot_controlled"]
+__all__ = [
+    "auto_summary",
+    "controlled_table",
+    "hf_summary",
+    "machine_line",
+    "paired_ratio",
+    "plot_controlled",
+    "real_table",
+    "write_json",
+]
 
 
 def _f(value: Any, digits: int = 2) -> str:
@@ -22,9 +31,23 @@ def _f(value: Any, digits: int = 2) -> str:
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
-    line = "  ".join(h.rjust(w) for h, w in zip(header, widths))
-    body = ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows]
+    line = "  ".join(h.rjust(w) for h, w in zip(header, widths, strict=True))
+    body = ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
     return "\n".join([line, "  ".join("-" * w for w in widths), *body])
+
+
+def machine_line(env: dict[str, Any]) -> str:
+    """One line for the tables: the CPU model, the CPU kernels torch picked, threads (and the GPU, if any).
+
+    ``env`` is :func:`specdec.bench.run.environment`'s dict.
+    """
+    line = f"machine: {env.get('cpu', '?')} (torch CPU capability {env.get('cpu_capability', '?')}), "
+    line += f"{env.get('threads', '?')} torch threads"
+    return line + (f", GPU {env['gpu']}" if "gpu" in env else "")
+
+
+def _machine(result: dict) -> list[str]:
+    return [machine_line(result["environment"])] if result.get("environment") else []
 
 
 def controlled_table(result: dict) -> str:
@@ -52,7 +75,7 @@ def controlled_table(result: dict) -> str:
         f"target alone {result['baseline_tokens_per_s']:.1f} tok/s; speedups over the target alone"
     )
     summaries = [text for text in (auto_summary(result), hf_summary(result)) if text]
-    return "\n".join([head, _table(header, rows), *summaries])
+    return "\n".join([head, *_machine(result), _table(header, rows), *summaries])
 
 
 def paired_ratio(reference_s: list[float] | None, candidate_s: list[float] | None) -> float | None:
@@ -64,7 +87,7 @@ def paired_ratio(reference_s: list[float] | None, candidate_s: list[float] | Non
     """
     if not reference_s or not candidate_s:
         return None
-    ratios = [a / b for a, b in zip(reference_s, candidate_s) if b > 0]
+    ratios = [a / b for a, b in zip(reference_s, candidate_s, strict=False) if b > 0]
     return statistics.median(ratios) if ratios else None
 
 
@@ -93,12 +116,12 @@ def auto_summary(result: dict) -> str:
         if paired is not None:
             worst_paired = min(worst_paired, paired)
         lines.append(
-            f"  alpha={a}: auto {by[(a, 'auto')]:.2f}  best fixed k={best_k} {by[(a, best_k)]:.2f}  auto/best {ratio:.3f}"
-            + (f"  paired by round {paired:.3f}" if paired is not None else "")
+            f"  alpha={a}: auto {by[(a, 'auto')]:.2f}  best fixed k={best_k} {by[(a, best_k)]:.2f}"
+            f"  auto/best {ratio:.3f}" + (f"  paired by round {paired:.3f}" if paired is not None else "")
         )
     mean_auto = sum(by[(a, "auto")] for a in alphas) / len(alphas)
     mean_fixed = {k: sum(by[(a, k)] for a in alphas) / len(alphas) for k in fixed_ks}
-    best_single = max(mean_fixed, key=mean_fixed.get)
+    best_single = max(mean_fixed, key=lambda k: mean_fixed[k])
     lines.append(
         f"  mean over alpha: auto {mean_auto:.3f}  best single fixed k={best_single} {mean_fixed[best_single]:.3f}"
         f"  (auto/best single {mean_auto / mean_fixed[best_single]:.3f}); worst auto/best-k per alpha {worst_ratio:.3f}"
@@ -118,12 +141,10 @@ def hf_summary(result: dict) -> str:
     """Ours against HF assisted generation: paired by round, and the most any loop could gain over HF here."""
     rows = result["rows"]
     lines = []
-    hf = [paired_ratio(r.get("hf_round_s"), r.get("ours_round_s")) for r in rows if r.get("hf_round_s")]
-    hf = [x for x in hf if x is not None]
+    paired = [paired_ratio(r.get("hf_round_s"), r.get("ours_round_s")) for r in rows if r.get("hf_round_s")]
+    hf = [x for x in paired if x is not None]
     if hf:
-        lines.append(
-            f"ours/HF assisted, paired by round: {min(hf):.3f}-{max(hf):.3f}, mean {sum(hf) / len(hf):.3f}"
-        )
+        lines.append(f"ours/HF assisted, paired by round: {min(hf):.3f}-{max(hf):.3f}, mean {sum(hf) / len(hf):.3f}")
         result["ours_over_hf_paired"] = {"min": min(hf), "max": max(hf), "mean": sum(hf) / len(hf)}
     ceiling = [1.0 / r["hf_efficiency"] for r in rows if r.get("hf_efficiency")]
     if ceiling:
@@ -150,12 +171,18 @@ def real_table(result: dict) -> str:
         rows.append(cells)
     lines = [
         f"real workload: {result.get('target', '?')} in {result['dtype']} on {result['device']}, "
-        f"{result['max_new_tokens']} new tokens max, median of {result['rounds']} interleaved rounds; x = speedup over the target alone",
+        f"{result['max_new_tokens']} new tokens max, median of {result['rounds']} interleaved rounds; "
+        "x = speedup over the target alone",
+        *_machine(result),
         _table(header, rows),
     ]
     for group, per_system in result["summary"].items():
         parts = [f"{s} {v['median_speedup']:.2f}x" for s, v in per_system.items()]
-        extra = [f"{s}/hf-prompt-lookup {v['median_over_hf_prompt_lookup']:.2f}" for s, v in per_system.items() if "median_over_hf_prompt_lookup" in v]
+        extra = [
+            f"{s}/hf-prompt-lookup {v['median_over_hf_prompt_lookup']:.2f}"
+            for s, v in per_system.items()
+            if "median_over_hf_prompt_lookup" in v
+        ]
         lines.append(f"  median over {group} prompts: " + ", ".join(parts + extra))
     return "\n".join(lines)
 
@@ -194,7 +221,10 @@ def plot_controlled(result: dict, path: str | Path, title: str | None = None) ->
     ax.axhline(1.0, color="gray", lw=0.8)
     ax.set_xlabel("draft tokens per step (k)")
     ax.set_ylabel("speedup over the target alone")
-    ax.set_title(title or "controlled workload: solid = ours (measured), dashed = ideal, dotted = HF assisted, thin = ours auto", fontsize=9)
+    ax.set_title(
+        title or "controlled workload: solid = ours (measured), dashed = ideal, dotted = HF assisted, thin = ours auto",
+        fontsize=9,
+    )
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -15,16 +15,21 @@ import inspect
 from typing import Any
 
 import torch
+from transformers import GenerationMixin, PreTrainedModel
 
-from ..oracle import oracle_token
+from specdec.drafts import oracle_token
 
 __all__ = ["oracle_model_class", "configure_oracle", "configure_assistant"]
 
-_CLASSES: dict[type, type] = {}
+_CLASSES: dict[type[PreTrainedModel], type[PreTrainedModel]] = {}
 
 
-def oracle_model_class(base: type) -> type:
+def oracle_model_class(base: type[PreTrainedModel]) -> type[PreTrainedModel]:
     """A subclass of the HF causal LM class ``base`` whose logits follow an oracle (off until configured)."""
+    if not (isinstance(base, type) and issubclass(base, PreTrainedModel) and issubclass(base, GenerationMixin)):
+        raise TypeError(
+            f"oracle_model_class needs an HF causal LM class (a PreTrainedModel that generates), got {base!r}"
+        )
     if base in _CLASSES:
         return _CLASSES[base]
 
@@ -65,13 +70,17 @@ def oracle_model_class(base: type) -> type:
     return cls
 
 
-def configure_oracle(model: torch.nn.Module, reference_ids: list[int] | None, alpha: float = 1.0, seed: int = 0) -> None:
-    """Point an oracle model at a reference (prompt + continuation), or turn the oracle off with ``None``."""
+def configure_oracle(model: Any, reference_ids: list[int] | None, alpha: float = 1.0, seed: int = 0) -> None:
+    """Point an oracle model at a reference (prompt + continuation), or turn the oracle off with ``None``.
+
+    ``model``: an instance of a class from :func:`oracle_model_class` (typed ``Any``: the oracle's
+    attributes are set on the instance, which an ``nn.Module`` type does not declare).
+    """
     model._oracle = None if reference_ids is None else (list(reference_ids), float(alpha), seed)
     model.oracle_proposed = 0
 
 
-def configure_assistant(model: torch.nn.Module, num_draft_tokens: int) -> None:
+def configure_assistant(model: PreTrainedModel, num_draft_tokens: int) -> None:
     """HF assisted generation with exactly ``num_draft_tokens`` per round: constant schedule, no early stop."""
     config = model.generation_config
     config.num_assistant_tokens = num_draft_tokens

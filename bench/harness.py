@@ -10,14 +10,16 @@ from __future__ import annotations
 import random
 import statistics
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any
 
 import torch
+from transformers import GenerationMixin, PreTrainedModel
 
-from ..cache import CausalLMAdapter
+from specdec import CausalLMAdapter
 
-__all__ = ["Timings", "device_sync", "interleave", "median", "time_forward"]
+__all__ = ["Timings", "device_sync", "hf_greedy", "interleave", "median", "time_forward"]
 
 
 def device_sync(device: torch.device | str) -> None:
@@ -25,6 +27,22 @@ def device_sync(device: torch.device | str) -> None:
     device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def hf_greedy(model: PreTrainedModel, input_ids: torch.Tensor, max_new_tokens: int, **extra: Any) -> torch.Tensor:
+    """HF ``generate``, greedy, with an all-ones attention mask: LongTensor [1, L + new] (``extra``: more kwargs)."""
+    if not isinstance(model, GenerationMixin):
+        raise TypeError(f"{type(model).__name__} cannot generate: the benchmarks need a causal LM")
+    with torch.inference_mode():
+        out = model.generate(
+            input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            do_sample=False,
+            max_new_tokens=max_new_tokens,
+            **extra,
+        )
+    assert isinstance(out, torch.Tensor)  # no return_dict_in_generate here
+    return out
 
 
 def median(values: list[float]) -> float:
@@ -45,7 +63,7 @@ class Timings:
 
 
 def interleave(
-    systems: dict[str, Callable[[], object]],
+    systems: Mapping[str, Callable[[], object]],
     *,
     rounds: int,
     device: torch.device | str,
@@ -77,7 +95,9 @@ def interleave(
 
 
 @torch.inference_mode()
-def time_forward(model: torch.nn.Module, context_ids: torch.Tensor, sizes: list[int], *, repeats: int = 5) -> dict[int, float]:
+def time_forward(
+    model: PreTrainedModel, context_ids: torch.Tensor, sizes: list[int], *, repeats: int = 5
+) -> dict[int, float]:
     """Median seconds of one cached forward over ``n`` new tokens, for each ``n`` in ``sizes``.
 
     The cache first holds ``context_ids`` (LongTensor [L]); each measured pass
