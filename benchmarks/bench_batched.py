@@ -35,10 +35,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from specdec import SpeculativeGenerator  # noqa: E402
+from specdec.bench import PROMPTS, chat_ids, environment, machine_line  # noqa: E402
 from specdec.drafts import NGramDrafter  # noqa: E402
 from specdec.models import load_model  # noqa: E402
-
-from specdec.bench import PROMPTS, chat_ids, environment, machine_line  # noqa: E402
 
 
 def machine() -> str:
@@ -137,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
                         continue
                     times[name].append(time.perf_counter() - start)
                     tokens[name] = produced
-            for i, row in enumerate(rows):
+            for _i, row in enumerate(rows):
                 key = tuple(row)
                 if key not in reference:
                     reference[key] = hf_padded(target, tokenizer, [row], args.max_new_tokens)[0]
@@ -149,21 +148,26 @@ def main(argv: list[str] | None = None) -> int:
                 produced = tokens[name]
                 total = sum(len(t) for t in produced)
                 median = statistics.median(times[name])
-                same = sum(p == reference[tuple(r)] for p, r in zip(produced, rows))
+                same = sum(p == reference[tuple(r)] for p, r in zip(produced, rows, strict=False))
                 cell["systems"][name] = {
                     "tokens": total, "median_s": median, "tokens_per_s": total / median,
                     "same_as_hf_alone": f"{same}/{size}", "times_s": times[name],
                 }
-            best_hf = max((cell["systems"][n].get("tokens_per_s", 0.0) for n in ("hf-padded", "hf-cb") if n in cell["systems"]), default=0.0)
+            measured = cell["systems"]
+            hf_rates = [measured[n].get("tokens_per_s", 0.0) for n in ("hf-padded", "hf-cb") if n in measured]
+            best_hf = max(hf_rates, default=0.0)
             ours = cell["systems"].get("ours-batch", {}).get("tokens_per_s")
             cell["ours_batch_over_best_hf"] = ours / best_hf if ours and best_hf else None
             results["cells"].append(cell)
             line = "  ".join(
-                f"{n} {v['tokens_per_s']:.1f} tok/s ({v['same_as_hf_alone']} same)" if "tokens_per_s" in v else f"{n} n/a"
+                f"{n} {v['tokens_per_s']:.1f} tok/s ({v['same_as_hf_alone']} same)"
+                if "tokens_per_s" in v
+                else f"{n} n/a"
                 for n, v in cell["systems"].items()
             )
             ratio = cell["ours_batch_over_best_hf"]
-            print(f"[{set_name} x{size}] {line}  ours-batch/best-HF {ratio:.2f}" if ratio else f"[{set_name} x{size}] {line}", flush=True)
+            tail = f"  ours-batch/best-HF {ratio:.2f}" if ratio else ""
+            print(f"[{set_name} x{size}] {line}{tail}", flush=True)
     results["broken"] = broken
     if not args.quick:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

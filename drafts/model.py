@@ -51,7 +51,7 @@ class ModelDrafter:
         self._committed: list[int] = []
         self._generator: torch.Generator | None = None
 
-    def for_row(self) -> "ModelDrafter":
+    def for_row(self) -> ModelDrafter:
         """A copy on the same draft model with its own KV cache and state, for another row of a batch."""
         clone = copy.copy(self)
         clone.model_adapter = CausalLMAdapter(self.model_adapter.model)

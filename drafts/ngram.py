@@ -60,7 +60,7 @@ class NGramDrafter:
         self._tokens: list[int] = []
         self._index: dict[tuple[int, ...], int] = {}
 
-    def for_row(self) -> "NGramDrafter":
+    def for_row(self) -> NGramDrafter:
         """A copy with the same settings and its own (empty) index, for another row of a batch."""
         clone = copy.copy(self)
         clone._tokens = []

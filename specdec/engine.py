@@ -33,8 +33,8 @@ import itertools
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 from .batch_target import BatchedTarget, Segment
 from .errors import InvalidArgumentError
@@ -58,7 +58,7 @@ class _AnySet:
 class Handle:
     """One submitted request: its blocks as they land, cancellation, and its result."""
 
-    def __init__(self, engine: "Engine", request: Request, number: int) -> None:
+    def __init__(self, engine: Engine, request: Request, number: int) -> None:
         self.engine = engine
         self.request = request
         self.number = number  # submission order
@@ -205,7 +205,7 @@ class Engine:
         for row, end in prefilling:
             row.prefilled = end
             row.seq.stats.target_forwards += 1
-        for row, logits in zip(planned, outputs):
+        for row, logits in zip(planned, outputs, strict=False):
             try:
                 row.seq.commit(logits, row.block, verify_s)  # verify, accept, emit
             except Exception as exc:

@@ -162,7 +162,7 @@ def build_plan(
     column = torch.arange(width, device=device)[None, :]  # [1, width]
     real = column < length  # [rows, width]
     positions = torch.where(real, start + column, torch.zeros_like(column))  # [rows, width]
-    end = max(s + n for s, n in zip(starts, lengths))
+    end = max(s + n for s, n in zip(starts, lengths, strict=False))
     read_len = min(-(-max(end, 1) // READ_QUANTUM) * READ_QUANTUM, max_len)
     plan.rows = rows
     plan.positions = positions

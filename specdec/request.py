@@ -151,7 +151,9 @@ class RequestFactory:
                 "shorten the prompt"
             )
         if int(prompt.max()) >= self.vocab_size or int(prompt.min()) < 0:
-            raise InvalidArgumentError(f"{label}input_ids holds token ids outside the vocabulary [0, {self.vocab_size})")
+            raise InvalidArgumentError(
+                f"{label}input_ids holds token ids outside the vocabulary [0, {self.vocab_size})"
+            )
 
     def settings(self, *, generation_config, num_draft_tokens, seed, **explicit) -> GenerationParams:
         return resolve_params(

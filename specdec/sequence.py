@@ -16,7 +16,7 @@ committed token but the newest, which the next block starts with).
 from __future__ import annotations
 
 import time
-from typing import Any, Protocol
+from typing import Protocol
 
 import torch
 from transformers import StoppingCriteriaList

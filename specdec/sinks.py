@@ -10,7 +10,8 @@ prompt, ``put`` each block, ``end()`` once, also when generation fails).
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -82,7 +83,7 @@ class BlockEmitter:
         self.listeners.append(callback)
 
     @classmethod
-    def for_generate(cls, on_tokens: Any, on_draft: TokenCallback | None, streamer: Any) -> "BlockEmitter":
+    def for_generate(cls, on_tokens: Any, on_draft: TokenCallback | None, streamer: Any) -> BlockEmitter:
         on_block, sink_draft = resolve_sink(on_tokens)
         return cls(on_block, on_draft or sink_draft, streamer)
 

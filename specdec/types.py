@@ -37,7 +37,7 @@ class DraftBlock:
         return int(self.token_ids.shape[0])
 
     @staticmethod
-    def empty(device: torch.device | str = "cpu") -> "DraftBlock":
+    def empty(device: torch.device | str = "cpu") -> DraftBlock:
         return DraftBlock(torch.empty(0, dtype=torch.long, device=device))
 
 
@@ -133,7 +133,7 @@ class SpecStats:
             self.accepted_per_position[i] += 1
 
     @classmethod
-    def total(cls, rows: list["SpecStats"], *, target_forwards: int) -> "SpecStats":
+    def total(cls, rows: list[SpecStats], *, target_forwards: int) -> SpecStats:
         """The sum over rows; ``target_forwards`` counts shared forward passes once, ``wall_time_s`` is the longest."""
         total = cls(target_forwards=target_forwards)
         width = max((len(r.drafted_per_position) for r in rows), default=0)
@@ -142,7 +142,7 @@ class SpecStats:
         for r in rows:
             for name in ("prompt_tokens", "new_tokens", "steps", "drafted", "accepted", "tested"):
                 setattr(total, name, getattr(total, name) + getattr(r, name))
-            for i, (d, a) in enumerate(zip(r.drafted_per_position, r.accepted_per_position)):
+            for i, (d, a) in enumerate(zip(r.drafted_per_position, r.accepted_per_position, strict=False)):
                 total.drafted_per_position[i] += d
                 total.accepted_per_position[i] += a
             total.wall_time_s = max(total.wall_time_s, r.wall_time_s)

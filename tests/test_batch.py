@@ -15,7 +15,6 @@ import copy
 
 import pytest
 import torch
-from conftest import ARCHS, VOCAB
 from test_sampling import NEW as SAMPLE_NEW
 from test_sampling import P_MIN, PROMPT, SMALL_VOCAB, _draft, _target, chi_square_pvalue, exact_joint
 
@@ -27,6 +26,8 @@ from specdec import (
     UnsupportedModelError,
 )
 from specdec.drafts import ModelDrafter, NGramDrafter
+
+from conftest import ARCHS, VOCAB
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -134,12 +135,15 @@ def test_rows_finish_at_different_times(tiny_lm):
     gen = SpeculativeGenerator(target, ModelDrafter(target))
     eos = _eos_in(solo(target, prompts[0]), prompts[0].shape[0])
     budgets = [NEW, 5, NEW, 17]
-    handles = [gen.submit(p, max_new_tokens=b, eos_token_id=eos, num_draft_tokens=3) for p, b in zip(prompts, budgets)]
+    handles = [
+        gen.submit(p, max_new_tokens=b, eos_token_id=eos, num_draft_tokens=3)
+        for p, b in zip(prompts, budgets, strict=True)
+    ]
     for _ in range(3):
         gen.engine.step()
     handles[2].cancel()
     gen.engine.run(handles)
-    for r, (prompt, handle) in enumerate(zip(prompts, handles)):
+    for r, (prompt, handle) in enumerate(zip(prompts, handles, strict=False)):
         out = handle.result()
         if r == 2:
             assert out.finish_reason == "cancelled"
@@ -167,7 +171,7 @@ def test_rows_admitted_mid_run_with_chunked_prefill(tiny_lm):
     # Streaming through the handle drives the engine too.
     streamed = [t for block in handles[2] for t in block.token_ids]
     gen.engine.run(handles)
-    for r, (prompt, handle) in enumerate(zip(early + late + prompts_for((6,), seed=50), handles)):
+    for r, (prompt, handle) in enumerate(zip(early + late + prompts_for((6,), seed=50), handles, strict=False)):
         assert handle.result().sequences[0].tolist() == solo(target, prompt), f"request {r}"
     long_stats = handles[2].result().stats
     assert streamed == handles[2].result().sequences[0, 40:].tolist()
@@ -219,7 +223,9 @@ def test_rows_admitted_mid_run_keep_the_target_distribution(tiny_lm):
     outputs = []
     for group in range(12):
         # Rows already mid-generation when the sampled ones arrive.
-        background = [gen.submit(PROMPT[0], do_sample=True, max_new_tokens=8, seed=10_000 + group * 4 + i) for i in range(4)]
+        background = [
+            gen.submit(PROMPT[0], do_sample=True, max_new_tokens=8, seed=10_000 + group * 4 + i) for i in range(4)
+        ]
         gen.engine.step()
         gen.engine.step()
         handles = [
