@@ -41,7 +41,7 @@ from specdec.models import load_model  # noqa: E402
 
 
 def machine() -> str:
-    return machine_line(environment())
+    return machine_line(environment("cpu"))
 
 
 def hf_padded(target, tokenizer, rows, new):
