@@ -59,7 +59,8 @@ def random_model(
             model = model_class(config) if model_class is not None else AutoModelForCausalLM.from_config(config)
     finally:
         torch.set_default_dtype(previous)
-    return model.eval().requires_grad_(False)
+    # Built in place already; the cast still reaches buffers that a model makes in its own dtype (rotary tables).
+    return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
 
 def random_llama(

@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
-# Set up everything specdec needs on a fresh machine: a virtualenv in .venv with a CPU
-# build of torch where one is available, the package with its dev extras, and the
-# mosquitto broker + clients the MQTT tests start themselves.
-# Usage: bash scripts/setup.sh            (idempotent; quick when already set up)
+# Set up specdec on a fresh machine: a virtualenv in .venv with torch and the package.
+# Usage: bash scripts/setup.sh          runtime only (what `specdec generate` needs)
+#        bash scripts/setup.sh --dev    plus the test tools (pytest, scipy, aiomqtt, ...) and mosquitto
+# Idempotent: quick when already set up. Progress is shown (pip's own bars).
+# torch: on a machine with an NVIDIA GPU (nvidia-smi works) the default PyPI build (CUDA) is
+# installed and an existing CUDA build is kept; elsewhere a CPU build (set TORCH_INDEX_URL to
+# pick a wheel index, e.g. https://download.pytorch.org/whl/cpu).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+DEV=0
+[ "${1:-}" = "--dev" ] && DEV=1
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
 
@@ -13,33 +18,39 @@ if [ ! -x "$VENV/bin/python" ]; then
   echo "setup: creating $VENV with $($PYTHON --version)"
   "$PYTHON" -m venv "$VENV"
 fi
-PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
+PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
 
 if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
-  # torch==2.13.0 is a CPU build where this machine keeps one on disk; a plain
-  # `pip install torch` would pull a multi-GB CUDA build instead.
-  echo "setup: installing torch (CPU build)"
-  # Elsewhere, point TORCH_INDEX_URL at a CPU wheel index to keep it small.
   if [ -n "${TORCH_INDEX_URL:-}" ]; then
+    echo "setup: installing torch from $TORCH_INDEX_URL"
     "${PIP[@]}" install torch --index-url "$TORCH_INDEX_URL"
+  elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+    echo "setup: installing torch (CUDA build: an NVIDIA GPU is present)"
+    "${PIP[@]}" install "torch>=2.4"
   else
+    # torch==2.13.0 is a CPU build where this machine keeps one on disk; a plain
+    # `pip install torch` would pull a multi-GB CUDA build instead.
+    echo "setup: installing torch (CPU build)"
     "${PIP[@]}" install "torch==2.13.0" || "${PIP[@]}" install "torch>=2.4"
   fi
+else
+  echo "setup: keeping torch $("$VENV/bin/python" -c 'import torch; print(torch.__version__, "CUDA" if torch.version.cuda else "CPU")')"
 fi
 
-stamp="$VENV/.specdec-installed"
+extras=""; [ "$DEV" = 1 ] && extras="[dev]"
+stamp="$VENV/.specdec-installed$extras"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  echo "setup: installing specdec and its dev dependencies"
-  "${PIP[@]}" install -e ".[dev]"
+  echo "setup: installing specdec$extras (torch stays as installed)"
+  "${PIP[@]}" install -e ".$extras"
   touch "$stamp"
 fi
 
-if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
+if [ "$DEV" = 1 ] && ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
   if command -v apt-get >/dev/null 2>&1; then
     echo "setup: installing mosquitto (broker for the MQTT tests)"
     SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-    $SUDO apt-get update -qq >/dev/null
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq mosquitto mosquitto-clients >/dev/null
+    $SUDO apt-get update
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y mosquitto mosquitto-clients
   else
     echo "setup: warning: mosquitto is missing and apt-get is not available; MQTT tests will be skipped" >&2
   fi

@@ -1,7 +1,24 @@
 #!/usr/bin/env bash
-# Run the whole test suite on a fresh machine: sets everything up first.
+# Run the whole test suite on a fresh machine: sets everything up first (dev tools, mosquitto).
+# Two stages, each timed: the fast suite (tiny random models), then the tests marked `slow`
+# that load the real default model (SmolLM2-135M-Instruct; the first run fetches and converts it).
 # Usage: bash scripts/test.sh [pytest args...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
-exec .venv/bin/python -m pytest -q --timeout=600 "$@"
+bash scripts/setup.sh --dev
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+PYTEST=(.venv/bin/python -m pytest -q --timeout=600 "$@")
+
+start=$SECONDS
+echo "test: stage 1/2: the suite on tiny random models (-m 'not slow')"
+set +e
+"${PYTEST[@]}" -m "not slow"
+fast=$?
+echo "test: stage 1/2 took $((SECONDS - start)) s (exit $fast)"
+start=$SECONDS
+echo "test: stage 2/2: the default model (-m slow)"
+"${PYTEST[@]}" -m slow
+slow=$?
+echo "test: stage 2/2 took $((SECONDS - start)) s (exit $slow)"
+set -e
+[ "$fast" -eq 0 ] && [ "$slow" -eq 0 ]

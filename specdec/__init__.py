@@ -5,9 +5,8 @@ math, KV-cache rollback and the generation loop. It imports neither ``drafts``
 nor ``streaming``.
 """
 
-from .adaptive import AdaptiveDraftLength, CostProfile
-from .cache import CausalLMAdapter, check_rollback_support
-from .drafter import DraftContext, Drafter
+from typing import TYPE_CHECKING, Any
+
 from .errors import (
     DrafterContractError,
     InvalidArgumentError,
@@ -16,11 +15,56 @@ from .errors import (
     UnsupportedModelError,
     VocabularyMismatchError,
 )
-from .generator import SpeculativeGenerator, TokenSink
-from .logits import LogitsShaper
-from .policy import DraftLengthPolicy, FixedDraftLength
-from .types import DraftBlock, FinishReason, SpecOutput, SpecStats, VerifiedBlock, VerifyResult
-from .verify import greedy_verify, speculative_sample
+
+# The public names load on first use (PEP 562), so ``import specdec`` (and the
+# CLI's ``--help``) does not pay for torch and transformers.
+_LAZY = {
+    "AdaptiveDraftLength": ".adaptive",
+    "CostProfile": ".adaptive",
+    "DraftLengthPolicy": ".policy",
+    "FixedDraftLength": ".policy",
+    "CausalLMAdapter": ".cache",
+    "check_rollback_support": ".cache",
+    "DraftContext": ".drafter",
+    "Drafter": ".drafter",
+    "SpeculativeGenerator": ".generator",
+    "TokenSink": ".generator",
+    "LogitsShaper": ".logits",
+    "DraftBlock": ".types",
+    "FinishReason": ".types",
+    "SpecOutput": ".types",
+    "SpecStats": ".types",
+    "VerifiedBlock": ".types",
+    "VerifyResult": ".types",
+    "greedy_verify": ".verify",
+    "speculative_sample": ".verify",
+}
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
+    from .adaptive import AdaptiveDraftLength, CostProfile
+    from .cache import CausalLMAdapter, check_rollback_support
+    from .drafter import DraftContext, Drafter
+    from .generator import SpeculativeGenerator, TokenSink
+    from .logits import LogitsShaper
+    from .policy import DraftLengthPolicy, FixedDraftLength
+    from .types import DraftBlock, FinishReason, SpecOutput, SpecStats, VerifiedBlock, VerifyResult
+    from .verify import greedy_verify, speculative_sample
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'specdec' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __version__ = "0.1.0"
 

@@ -1,29 +1,40 @@
 """The ``specdec`` command line: ``generate``, ``serve`` and ``bench``.
 
 This is the one module that wires the three packages together: the core
-(``specdec``), the drafters (``drafts``) and the streaming layer (``streaming``).
+(``specdec``), the drafters (``specdec.drafts``) and the streaming layer
+(``specdec.streaming``). It imports none of them, nor torch, at import time:
+``specdec --help`` and every argument check (:mod:`specdec.cli_checks`) run
+before anything heavy loads. Ctrl-C during generation stops within one step
+and prints the text so far and the statistics (exit 130); at any other moment
+it exits 130 quietly. ``serve`` stops on SIGINT or SIGTERM (exit 0).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
+import os
+import shutil
 import sys
+from pathlib import Path
 from typing import Any, Sequence
 
-import torch
-
-from .errors import SpecDecError
-from .models import DEFAULT_MODEL, load_model, resolve_device
+from . import cli_checks as checks
+from .errors import InvalidArgumentError, SpecDecError
 
 __all__ = ["main", "make_drafter", "build_parser"]
+
+DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+EXIT_INTERRUPTED = 130
+SAMPLING_RULE = (
+    "Greedy by default. Any of --temperature, --top-p, --top-k or --seed turns sampling on "
+    "(temperature 1.0 unless given); for open prompts SmolLM2's card suggests --temperature 0.2 --top-p 0.9."
+)
 
 
 # --------------------------------------------------------------------------- drafters
 
 
-def make_drafter(spec: str | None, *, target: Any, device: str | None, dtype: str | None, num_draft_tokens: int | None):
+def make_drafter(spec: str | None, *, target: Any, device: str | None, dtype: Any, num_draft_tokens: int | None):
     """The one place that maps a ``--draft`` value to a drafter object.
 
     ``ngram`` (default): prompt lookup. ``self``: the target drafts for itself
@@ -31,6 +42,8 @@ def make_drafter(spec: str | None, *, target: Any, device: str | None, dtype: st
     or GGUF file loaded as a :class:`specdec.drafts.ModelDrafter`.
     """
     from specdec.drafts import ModelDrafter, NGramDrafter
+
+    from .models import load_model
 
     kwargs = {"num_draft_tokens": num_draft_tokens} if num_draft_tokens else {}
     if spec in (None, "", "ngram"):
@@ -44,112 +57,149 @@ def make_drafter(spec: str | None, *, target: Any, device: str | None, dtype: st
 # --------------------------------------------------------------------------- arguments
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (no usage block), exit status 2."""
+
+    def error(self, message: str) -> Any:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
-    return value
+def _number(kind: type, low: float, high: float | None = None, *, low_open: bool = False):
+    """An argparse type: a finite ``kind`` in [low, high] (or (low, high] with ``low_open``)."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a{'n integer' if kind is int else ' number'}: {text!r}") from None
+        if value != value or value in (float("inf"), float("-inf")):
+            raise argparse.ArgumentTypeError(f"must be finite, got {text}")
+        if (value <= low if low_open else value < low) or (high is not None and value > high):
+            bound = f"{'(' if low_open else '['}{low:g}, {'inf)' if high is None else f'{high:g}]'}"
+            raise argparse.ArgumentTypeError(f"must be in {bound}, got {text}")
+        return value
+
+    return parse
 
 
 def _draft_length(text: str) -> int | str:
-    if text == "auto":
-        return text
-    return _positive_int(text)
+    return text if text == "auto" else _number(int, 1, checks.MAX_DRAFT_TOKENS)(text)
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--target", default=None, help=f"target model: HF id, folder or .gguf file (default: {DEFAULT_MODEL.name})"
-    )
+    parser.add_argument("--target", default=None, help=f"HF id, folder or .gguf file (default: {DEFAULT_MODEL_NAME})")
     parser.add_argument(
         "--draft", default="ngram", help="drafter: 'ngram' (prompt lookup, default), 'self', or a draft model id/path"
     )
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     parser.add_argument(
-        "--dtype",
-        default=None,
-        help="float32, bfloat16, float16 or auto (default: bfloat16 for the default model, else the checkpoint's)",
-    )
+        "--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16", "float64"),
+        help="auto (default): bfloat16 on a GPU or a CPU with native bfloat16 (AVX512-BF16/AMX), else float32",
+    )  # fmt: skip
+    parser.add_argument("--num-draft-tokens", type=_draft_length, default=None, help="draft tokens per step, or 'auto'")
+    parser.add_argument("-v", "--verbose", action="store_true", help="say which dtype and device were chosen and why")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="specdec", description="Lossless speculative decoding for Hugging Face causal LMs."
-    )
+def build_parser(*, with_bench: bool = True) -> argparse.ArgumentParser:
+    """The parser; ``with_bench=False`` leaves out ``bench``'s own options (they import torch)."""
+    parser = _Parser(prog="specdec", description="Lossless speculative decoding for HF causal LMs.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    gen = sub.add_parser("generate", help="generate text, streaming verified tokens to the terminal")
+    gen = sub.add_parser(
+        "generate", help="generate text, streaming verified tokens to the terminal", epilog=SAMPLING_RULE,
+        description="Generate text with speculative decoding. Ctrl-C stops within one step and prints the stats.",
+    )  # fmt: skip
     gen.add_argument("prompt", help="the prompt ('-' reads it from standard input)")
     _add_model_arguments(gen)
-    gen.add_argument("--max-new-tokens", type=_positive_int, default=256)
-    gen.add_argument("--temperature", type=float, default=0.0, help="0 (default) decodes greedily; > 0 samples")
-    gen.add_argument("--top-p", type=float, default=None)
-    gen.add_argument("--top-k", type=int, default=None)
-    gen.add_argument("--seed", type=int, default=None)
+    gen.add_argument("--max-new-tokens", type=_number(int, 1), default=256)
+    gen.add_argument("--temperature", type=_number(float, 0, low_open=True), default=None, help="> 0; implies sampling")
+    gen.add_argument("--top-p", type=_number(float, 0, 1, low_open=True), default=None, help="(0, 1]; implies sampling")
+    gen.add_argument("--top-k", type=_number(int, 1), default=None, help=">= 1; implies sampling")
+    gen.add_argument("--seed", type=_number(int, 0, 2**63 - 1), default=None, help="implies sampling")
     gen.add_argument(
-        "--repetition-penalty", type=_positive_float, default=None,
+        "--repetition-penalty", type=_number(float, 0, low_open=True), default=None,
         help="penalise tokens already in the sequence (HF's RepetitionPenaltyLogitsProcessor; e.g. 1.2)",
     )  # fmt: skip
-    gen.add_argument("--num-draft-tokens", type=_draft_length, default=None, help="draft tokens per step, or 'auto'")
     chat = gen.add_mutually_exclusive_group()
     chat.add_argument("--chat", dest="chat", action="store_true", default=None, help="apply the chat template")
     chat.add_argument("--no-chat", dest="chat", action="store_false", help="feed the prompt as raw text")
     gen.add_argument("--system", default=None, help="a system message (with the chat template)")
     gen.add_argument("--show-drafts", action="store_true", help="show draft tokens dimmed before verification")
+    gen.add_argument(
+        "--compare", action="store_true",
+        help="then run the target alone (HF generate) on the same input and print both speeds",
+    )  # fmt: skip
     gen.add_argument("--json", action="store_true", help="print the statistics as JSON on the last line")
 
-    serve = sub.add_parser("serve", help="serve generation requests over MQTT")
+    serve = sub.add_parser("serve", help="serve generation requests over MQTT (SIGINT/SIGTERM stop it)")
     _add_model_arguments(serve)
     serve.add_argument("--broker", default=None, help="mqtt://host:port or mqtts://host:port")
     serve.add_argument("--start-broker", action="store_true", help="start a local mosquitto on --broker's port")
     serve.add_argument("--username", default=None)
     serve.add_argument("--password", default=None)
     serve.add_argument("--tls-ca", default=None, help="CA certificate file for TLS")
-    serve.add_argument("--max-new-tokens-cap", type=_positive_int, default=1024)
-    serve.add_argument("--num-draft-tokens", type=_draft_length, default=None)
+    serve.add_argument("--max-new-tokens-cap", type=_number(int, 1), default=1024)
 
     bench = sub.add_parser("bench", help="benchmark speculative decoding against its ceiling and its peers")
-    from specdec.bench import add_bench_arguments  # the instrument above the packages: loaded here, lazily
+    if with_bench:  # the instrument above the packages: loaded here, lazily
+        from specdec.bench import add_bench_arguments
 
-    add_bench_arguments(bench)
+        add_bench_arguments(bench)
     return parser
+
+
+def check_model_arguments(args: argparse.Namespace) -> None:
+    """Everything about --target/--draft/--device that can be known without loading a model."""
+    checks.check_draft_length(args.num_draft_tokens)
+    checks.check_model_reference(args.target, "--target")
+    checks.check_model_reference(args.draft, "--draft")
+    if args.device not in (None, "auto", "cpu", "cuda", "mps") and not (
+        args.device.startswith("cuda:") and args.device[5:].isdigit()
+    ):
+        raise InvalidArgumentError(f"--device {args.device!r}: use cpu, cuda or cuda:N")
+    remote = [ref for ref in (args.target, args.draft) if ref and _is_hub_id(ref)]
+    if remote and not os.environ.get("HF_HUB_OFFLINE") and not checks.hub_reachable():
+        from huggingface_hub import try_to_load_from_cache
+
+        if all(isinstance(try_to_load_from_cache(ref, "config.json"), str) for ref in remote):
+            os.environ["HF_HUB_OFFLINE"] = "1"  # cached: load without waiting on the network
+        else:
+            raise InvalidArgumentError(
+                f"{remote[0]!r} is not a local file or folder, and the model hub cannot be reached (no network?); "
+                "pass a local folder or .gguf file, or set HF_HUB_OFFLINE=1 to use the HF cache"
+            )
+
+
+def _is_hub_id(reference: str) -> bool:
+    return reference not in (*checks.DEFAULT_ALIASES, *checks.DRAFTER_NAMES) and not Path(reference).expanduser().exists()
+
+
+def _prepare(args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    """Load the target, its tokenizer and the drafter; return ``(generator, model, tokenizer)``."""
+    from . import SpeculativeGenerator
+    from .models import choose_load_dtype, load_model, resolve_device
+
+    device = resolve_device(args.device)
+    dtype, reason = choose_load_dtype(args.dtype, device)
+    if args.verbose:
+        print(f"specdec: device {device}; dtype {str(dtype).removeprefix('torch.')} ({reason})", file=sys.stderr)
+    model, tokenizer = load_model(args.target, dtype=dtype, device=device)
+    drafter = make_drafter(
+        args.draft, target=model, device=str(device), dtype=dtype,
+        num_draft_tokens=args.num_draft_tokens if isinstance(args.num_draft_tokens, int) else None,
+    )  # fmt: skip
+    return SpeculativeGenerator(model, drafter), model, tokenizer
 
 
 # --------------------------------------------------------------------------- generate
 
 
-def _default_dtype(args: argparse.Namespace) -> str | None:
-    if args.dtype is not None:
-        return args.dtype
-    return "bfloat16" if args.target is None else None
-
-
-def _encode_prompt(tokenizer: Any, prompt: str, chat: bool | None, system: str | None) -> torch.Tensor:
-    if not prompt.strip():
-        raise SpecDecError("the prompt is empty")
-    use_chat = chat if chat is not None else bool(getattr(tokenizer, "chat_template", None))
-    if use_chat:
-        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-        encoded = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")
-        return encoded if isinstance(encoded, torch.Tensor) else encoded["input_ids"]
-    return tokenizer(prompt, return_tensors="pt")["input_ids"]
-
-
 def _generate_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    sampling = args.temperature > 0
+    sampling = checks.check_sampling(args)
     kwargs: dict[str, Any] = {"max_new_tokens": args.max_new_tokens, "do_sample": sampling, "seed": args.seed}
     if sampling:
-        kwargs.update(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k)
+        temperature = args.temperature if args.temperature is not None else 1.0
+        kwargs.update(temperature=temperature, top_p=args.top_p, top_k=args.top_k)
     if args.num_draft_tokens is not None:
         kwargs["num_draft_tokens"] = args.num_draft_tokens
     if args.repetition_penalty is not None and args.repetition_penalty != 1.0:
@@ -159,45 +209,20 @@ def _generate_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return kwargs
 
 
-def _print_stats(stats: Any, finish_reason: str, as_json: bool) -> None:
-    if as_json:
-        print(json.dumps({"finish_reason": finish_reason, **stats.as_dict()}))
-        return
-    print(
-        f"\n[{stats.new_tokens} tokens in {stats.wall_time_s:.2f} s = {stats.tokens_per_s:.1f} tok/s | "
-        f"{stats.steps} target steps, {stats.mean_accepted_per_step:.2f} tokens/step | "
-        f"drafted {stats.drafted}, accepted {stats.accepted} ({stats.acceptance_rate:.0%}) | {finish_reason}]",
-        file=sys.stderr,
-    )
-
-
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from specdec import SpeculativeGenerator
-    from specdec.streaming import StreamHub, render_stream
+    from .cli_run import compare_with_target, encode_prompt, print_stats, run_generation
 
-    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
-    dtype = _default_dtype(args)
-    device = str(resolve_device(args.device))
-    model, tokenizer = load_model(args.target, dtype=dtype, device=device)
-    drafter = make_drafter(
-        args.draft,
-        target=model,
-        device=device,
-        dtype=dtype,
-        num_draft_tokens=args.num_draft_tokens if isinstance(args.num_draft_tokens, int) else None,
-    )
-    generator = SpeculativeGenerator(model, drafter)
-    input_ids = _encode_prompt(tokenizer, prompt, args.chat, args.system)
-
-    async def run() -> Any:
-        hub = StreamHub()
-        stream = hub.start(generator, input_ids, tokenizer=tokenizer, provisional=args.show_drafts, **_generate_kwargs(args))
-        await render_stream(stream, file=sys.stdout, show_drafts=args.show_drafts)
-        print(flush=True)
-        return await stream.result()
-
-    out = asyncio.run(run())
-    _print_stats(out.stats, out.finish_reason, args.json)
+    prompt = checks.check_prompt(sys.stdin.read() if args.prompt == "-" else args.prompt)
+    check_model_arguments(args)
+    generate_kwargs = _generate_kwargs(args)  # refuses bad sampling values before any model loads
+    generator, model, tokenizer = _prepare(args)
+    input_ids = encode_prompt(tokenizer, prompt, args.chat, args.system)
+    out, interrupted = run_generation(generator, input_ids, tokenizer, generate_kwargs, args.show_drafts)
+    print_stats(out, args.json)
+    if interrupted:
+        return EXIT_INTERRUPTED
+    if args.compare:
+        compare_with_target(model, input_ids, out, generate_kwargs)
     return 0
 
 
@@ -205,38 +230,21 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from specdec import SpeculativeGenerator
-    from specdec.streaming.mqtt import serve
+    from .cli_run import serve_until_signal
 
     if args.broker is None and not args.start_broker:
-        raise SpecDecError("pass --broker mqtt://host:port (or --start-broker to run a local mosquitto)")
-    dtype = _default_dtype(args)
-    device = str(resolve_device(args.device))
-    model, tokenizer = load_model(args.target, dtype=dtype, device=device)
-    drafter = make_drafter(
-        args.draft,
-        target=model,
-        device=device,
-        dtype=dtype,
-        num_draft_tokens=args.num_draft_tokens if isinstance(args.num_draft_tokens, int) else None,
-    )
-    generator = SpeculativeGenerator(model, drafter)
-    broker = args.broker or "mqtt://127.0.0.1:1883"
-    asyncio.run(
-        serve(
-            broker,
-            generator,
-            tokenizer,
-            username=args.username,
-            password=args.password,
-            tls_ca=args.tls_ca,
-            max_new_tokens_cap=args.max_new_tokens_cap,
-            model_name=args.target or DEFAULT_MODEL.name,
-            draft_name=args.draft or "ngram",
-            start_broker=args.start_broker,
-        )
-    )
-    return 0
+        raise InvalidArgumentError("pass --broker mqtt://host:port (or --start-broker to run a local mosquitto)")
+    address = checks.check_broker_url(args.broker or "mqtt://127.0.0.1:1883", start_broker=args.start_broker)
+    if args.start_broker and not (shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").is_file()):
+        raise InvalidArgumentError("--start-broker needs mosquitto (Debian/Ubuntu: apt-get install mosquitto)")
+    if args.tls_ca is not None and not Path(args.tls_ca).is_file():
+        raise InvalidArgumentError(f"--tls-ca {args.tls_ca}: no such file")
+    if (args.username is None) != (args.password is None):
+        raise InvalidArgumentError("--username and --password go together")
+    check_model_arguments(args)
+    generator, _, tokenizer = _prepare(args)
+    url = f"{address.scheme}://{address.host}:{address.port}"
+    return serve_until_signal(args, url, generator, tokenizer, model_name=args.target or DEFAULT_MODEL_NAME)
 
 
 # --------------------------------------------------------------------------- bench
@@ -250,16 +258,19 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    commands = {"generate": _cmd_generate, "serve": _cmd_serve, "bench": _cmd_bench}
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = "specdec"
     try:
+        wants_bench = next((a for a in argv if not a.startswith("-")), None) == "bench"
+        args = build_parser(with_bench=wants_bench).parse_args(argv)
+        command = f"specdec {args.command}"
+        commands = {"generate": _cmd_generate, "serve": _cmd_serve, "bench": _cmd_bench}
         return commands[args.command](args)
     except (SpecDecError, ValueError) as exc:
-        print(f"specdec {args.command}: error: {exc}", file=sys.stderr)
+        print(f"{command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":  # pragma: no cover

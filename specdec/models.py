@@ -30,6 +30,7 @@ __all__ = [
     "cache_dir",
     "ensure_default_gguf",
     "load_model",
+    "choose_load_dtype",
     "load_tokenizer",
     "resolve_device",
     "resolve_dtype",
@@ -174,29 +175,65 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return resolved
 
 
-def _locate(name_or_path: str | None, quiet: bool) -> tuple[str, dict[str, Any]]:
-    """Map a user's model reference to ``from_pretrained`` arguments."""
+def _gguf_path(name_or_path: str | None, quiet: bool) -> Path | None:
+    """The GGUF file a reference names (the default model's, fetched on first use), else ``None``."""
     if name_or_path in _DEFAULT_ALIASES:
-        gguf = ensure_default_gguf(quiet=quiet)
-        return str(gguf.parent), {"gguf_file": gguf.name}
+        return ensure_default_gguf(quiet=quiet)
     assert name_or_path is not None
     path = Path(name_or_path).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
             raise ModelLoadError(f"GGUF file {path} does not exist")
-        return str(path.parent), {"gguf_file": path.name}
-    return str(name_or_path), {}
+        return path
+    return None
+
+
+def _locate(name_or_path: str | None, quiet: bool, dtype: torch.dtype | None = None) -> str:
+    """Map a user's model reference to a ``from_pretrained`` location.
+
+    A GGUF file (the default model is one) is converted once into a cached
+    safetensors folder in ``dtype`` (float32 when ``None``) and loaded from there.
+    """
+    gguf = _gguf_path(name_or_path, quiet)
+    if gguf is None:
+        path = Path(str(name_or_path)).expanduser()
+        if path.exists() or str(name_or_path).startswith(("/", ".", "~")):
+            if not path.is_dir():
+                raise ModelLoadError(f"{name_or_path}: no such model folder")
+            return str(path)
+        return str(name_or_path)
+    from .gguf_cache import converted_folder
+
+    dtype_name = str(dtype or torch.float32).removeprefix("torch.")
+    return str(converted_folder(gguf, dtype_name, quiet=quiet))
 
 
 def load_tokenizer(name_or_path: str | None = None, *, quiet: bool = False):
     """The tokenizer of a model reference (see :func:`load_model`)."""
     from transformers import AutoTokenizer
 
-    location, extra = _locate(name_or_path, quiet)
+    gguf = _gguf_path(name_or_path, quiet)
+    if gguf is not None:
+        from .gguf_cache import tokenizer_folder
+
+        location = str(tokenizer_folder(gguf, quiet=quiet))
+    else:
+        location = _locate(name_or_path, quiet)
     try:
-        return AutoTokenizer.from_pretrained(location, **extra)
+        return AutoTokenizer.from_pretrained(location)
     except Exception as exc:  # transformers raises many kinds; translate at the boundary
         raise ModelLoadError(f"could not load the tokenizer of {name_or_path or DEFAULT_MODEL.name}: {exc}") from exc
+
+
+def choose_load_dtype(dtype: str | torch.dtype | None, device: torch.device) -> tuple[torch.dtype | None, str]:
+    """The torch dtype to load in and why: ``"auto"`` asks :mod:`specdec.hardware`; ``None`` keeps the checkpoint's."""
+    if dtype == "auto":
+        from .hardware import auto_dtype
+
+        choice = auto_dtype(device.type)
+        return _DTYPES[choice.dtype], choice.reason
+    resolved = resolve_dtype(dtype)
+    return resolved, "asked for" if resolved is not None else "the checkpoint's"
 
 
 def load_model(
@@ -211,23 +248,21 @@ def load_model(
 
     ``name_or_path``: ``None`` (or ``"default"``) for the embedded
     SmolLM2-135M-Instruct, a Hugging Face model id, a local folder, or a
-    ``.gguf`` file. Returns ``(model, tokenizer)`` (``tokenizer`` is ``None``
-    with ``with_tokenizer=False``); the model is in eval mode on ``device``.
+    ``.gguf`` file (converted once into a cached safetensors folder, see
+    :mod:`specdec.gguf_cache`). ``dtype``: a name or torch dtype; ``"auto"``
+    picks bfloat16 only where the device runs it natively, else float32
+    (:mod:`specdec.hardware`); ``None`` keeps the checkpoint's (float32 for a
+    GGUF). Returns ``(model, tokenizer)`` (``tokenizer`` is ``None`` with
+    ``with_tokenizer=False``); the model is in eval mode on ``device``.
     """
     from transformers import AutoModelForCausalLM
 
-    torch_dtype = resolve_dtype(dtype)
     target_device = resolve_device(device)
-    location, extra = _locate(name_or_path, quiet)
+    torch_dtype, _ = choose_load_dtype(dtype, target_device)
+    location = _locate(name_or_path, quiet, torch_dtype)
     label = name_or_path or DEFAULT_MODEL.name
     _log(f"specdec: loading {label} ({torch_dtype or 'checkpoint dtype'}, {target_device})", quiet)
-    kwargs: dict[str, Any] = dict(extra)
-    if "gguf_file" in extra:
-        # Dense weights in the asked dtype: the same model whatever optional GGUF kernels are
-        # installed, and no float32-only packed matmuls behind a bfloat16 model.
-        from transformers import GgufConfig
-
-        kwargs["quantization_config"] = GgufConfig(dequantize=True)
+    kwargs: dict[str, Any] = {}
     if torch_dtype is not None:
         kwargs["dtype"] = torch_dtype
     try:
@@ -236,7 +271,14 @@ def load_model(
     except Exception as exc:
         raise ModelLoadError(f"could not load model {label}: {exc}") from exc
     model = model.to(target_device).eval()
-    tokenizer = load_tokenizer(name_or_path, quiet=True) if with_tokenizer else None
+    tokenizer = None
+    if with_tokenizer:
+        from transformers import AutoTokenizer
+
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(location)
+        except Exception as exc:
+            raise ModelLoadError(f"could not load the tokenizer of {label}: {exc}") from exc
     return model, tokenizer
 
 

@@ -8,8 +8,9 @@ code, and the terminal renderer used by ``specdec generate``. Imports only
 ``specdec``'s public names.
 """
 
-from .adapters import BlockingHub, BlockingStream, feed_streamer, iter_events
-from .detok import DecodeStreamDetokenizer, Detokenizer, OffsetDetokenizer, make_detokenizer
+from typing import TYPE_CHECKING, Any
+
+from .errors import EventDecodeError, StreamError, StreamExpiredError, StreamingError, UnknownStreamError
 from .events import (
     SCHEMA_VERSION,
     STREAM_ID_PATTERN,
@@ -17,7 +18,7 @@ from .events import (
     EndEvent,
     ErrorEvent,
     Event,
-    EventDecodeError,
+    FinishReason,
     ProvisionalEvent,
     StartEvent,
     Usage,
@@ -25,16 +26,51 @@ from .events import (
     event_to_dict,
     validate_stream_id,
 )
-from .hub import (
-    OverflowPolicy,
-    Stream,
-    StreamError,
-    StreamExpiredError,
-    StreamHub,
-    Subscription,
-    UnknownStreamError,
-)
-from .terminal import TerminalRenderer, render_stream
+
+# The hub, the adapters and the renderer need torch: they load on first use, so that the MQTT
+# client (specdec.streaming.mqtt.client) stays light to import.
+_LAZY = {
+    "BlockingHub": ".adapters",
+    "BlockingStream": ".adapters",
+    "feed_streamer": ".adapters",
+    "iter_events": ".adapters",
+    "DecodeStreamDetokenizer": ".detok",
+    "Detokenizer": ".detok",
+    "OffsetDetokenizer": ".detok",
+    "make_detokenizer": ".detok",
+    "EventLog": "._log",
+    "OverflowPolicy": "._subscription",
+    "Subscription": "._subscription",
+    "StreamHub": ".hub",
+    "Stream": ".stream",
+    "TerminalRenderer": ".terminal",
+    "render_stream": ".terminal",
+}
+
+if TYPE_CHECKING:
+    from ._log import EventLog
+    from ._subscription import OverflowPolicy, Subscription
+    from .adapters import BlockingHub, BlockingStream, feed_streamer, iter_events
+    from .detok import DecodeStreamDetokenizer, Detokenizer, OffsetDetokenizer, make_detokenizer
+    from .hub import StreamHub
+    from .stream import Stream
+    from .terminal import TerminalRenderer, render_stream
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -48,6 +84,8 @@ __all__ = [
     "ErrorEvent",
     "Event",
     "EventDecodeError",
+    "EventLog",
+    "FinishReason",
     "OffsetDetokenizer",
     "OverflowPolicy",
     "ProvisionalEvent",
@@ -56,6 +94,7 @@ __all__ = [
     "StreamError",
     "StreamExpiredError",
     "StreamHub",
+    "StreamingError",
     "Subscription",
     "TerminalRenderer",
     "UnknownStreamError",

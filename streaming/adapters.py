@@ -23,7 +23,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 
@@ -72,7 +73,7 @@ class BlockingStream:
     ) -> Iterator[Event]:
         """Iterate the events like ``stream.subscribe(after_seq)``; each wait is at most ``timeout`` seconds
         (``TimeoutError`` after that; the subscription stays valid until the iterator is closed)."""
-        call = self._hub._call
+        call = self._hub.call
         sub: Subscription = call(_subscribe(self.stream, after_seq, max_queue, overflow), None)
         try:
             while True:
@@ -89,11 +90,11 @@ class BlockingStream:
 
     def result(self, timeout: float | None = None) -> SpecOutput:
         """Block until the end; the ``SpecOutput`` or the exception generation raised."""
-        return self._hub._call(self.stream.result(), timeout)
+        return self._hub.call(self.stream.result(), timeout)
 
     def cancel(self, timeout: float | None = None) -> None:
         """Stop generation within one step and wait for the stream to end."""
-        self._hub._call(self.stream.cancel(), timeout)
+        self._hub.call(self.stream.cancel(), timeout)
 
 
 async def _subscribe(stream: Stream, after_seq: int | None, max_queue: int | None, overflow: Any) -> Subscription:
@@ -123,12 +124,13 @@ class BlockingHub:
         self._thread.start()
         self.closed = False
         try:
-            self.hub: StreamHub = self._call(_make_hub(hub_kwargs), None)
+            self.hub: StreamHub = self.call(_make_hub(hub_kwargs), None)
         except BaseException:
             self._shutdown()
             raise
 
-    def _call(self, coro: Any, timeout: float | None) -> Any:
+    def call(self, coro: Any, timeout: float | None) -> Any:
+        """Run ``coro`` on the hub's loop and wait up to ``timeout`` seconds for its result."""
         if self.closed:
             coro.close()
             raise RuntimeError("this BlockingHub is closed")
@@ -145,20 +147,20 @@ class BlockingHub:
         async def start() -> Stream:
             return self.hub.start(gen, input_ids, **kwargs)
 
-        return BlockingStream(self, self._call(start(), None))
+        return BlockingStream(self, self.call(start(), None))
 
     def get(self, stream_id: str) -> BlockingStream:
         async def get() -> Stream:
             return self.hub.get(stream_id)
 
-        return BlockingStream(self, self._call(get(), None))
+        return BlockingStream(self, self.call(get(), None))
 
     def close(self) -> None:
         """Cancel running streams, wait for them, stop the loop thread. Safe to call twice."""
         if self.closed:
             return
         try:
-            self._call(self.hub.close(), None)
+            self.call(self.hub.close(), None)
         finally:
             self._shutdown()
 

@@ -34,7 +34,8 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any, Protocol, Sequence
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 __all__ = ["Detokenizer", "DecodeStreamDetokenizer", "OffsetDetokenizer", "NullDetokenizer", "make_detokenizer"]
 
@@ -131,9 +132,10 @@ class DecodeStreamDetokenizer(_Base):
             self._pending.extend(ids)
             if not self._settled():
                 return ""
-            feed, self._pending = [self._pending], []
+            feed: list[Any] = [self._pending]
+            self._pending = []
         else:
-            feed = ids
+            feed = list(ids)
         out: list[str] = []
         for token in feed:
             try:

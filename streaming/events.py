@@ -11,6 +11,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Union
 
+from specdec import FinishReason as CoreFinishReason
+
+from .errors import EventDecodeError
+
 __all__ = [
     "SCHEMA_VERSION",
     "STREAM_ID_PATTERN",
@@ -21,6 +25,7 @@ __all__ = [
     "ErrorEvent",
     "Event",
     "Usage",
+    "FinishReason",
     "EventDecodeError",
     "event_to_dict",
     "event_from_dict",
@@ -30,11 +35,9 @@ __all__ = [
 SCHEMA_VERSION = 1
 STREAM_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
-FinishReason = Literal["eos", "length", "stop", "cancelled", "error"]
-
-
-class EventDecodeError(ValueError):
-    """A dict (or JSON payload) is not a valid version-1 event."""
+# The core's finish reasons plus "error" (a stream can also end because generation failed).
+# By reference, not a second list: a reason added to the core appears here too.
+FinishReason = Literal[CoreFinishReason, "error"]
 
 
 def validate_stream_id(stream_id: Any) -> str:
@@ -126,7 +129,7 @@ def event_from_dict(data: Any) -> Event:
         raise EventDecodeError(f"an event must be a JSON object, got {type(data).__name__}")
     if data.get("v") != SCHEMA_VERSION:
         raise EventDecodeError(f"unsupported event schema version {data.get('v')!r} (expected {SCHEMA_VERSION})")
-    cls = _TYPES.get(data.get("type"))
+    cls = _TYPES.get(str(data.get("type")))
     if cls is None:
         raise EventDecodeError(f"unknown event type {data.get('type')!r}")
     fields = dict(data)

@@ -44,6 +44,33 @@ def test_gguf_is_cached_and_checked():
     assert ensure_default_gguf(quiet=True) == path
 
 
+def test_converted_cache_holds_the_gguf_weights(smollm2):
+    """The cached safetensors folder has the same weights as the GGUF loaded directly (dequantized)."""
+    from transformers import AutoModelForCausalLM, GgufConfig
+
+    from specdec.gguf_cache import converted_folder
+
+    gguf = ensure_default_gguf(quiet=True)
+    folder = converted_folder(gguf, "float32", quiet=True)
+    assert {"model.safetensors", "tokenizer.json", "config.json"} <= {p.name for p in folder.iterdir()}
+    assert "quantization_config" not in (folder / "config.json").read_text()
+    direct = AutoModelForCausalLM.from_pretrained(
+        str(gguf.parent), gguf_file=gguf.name, quantization_config=GgufConfig(dequantize=True), dtype=torch.float32
+    )
+    model, tokenizer = smollm2
+    cached = model.state_dict()
+    for name, tensor in direct.state_dict().items():
+        assert torch.equal(cached[name], tensor), name
+    text = "Summarise: the harbour freezes in winter."
+    assert tokenizer(text)["input_ids"] == load_gguf_tokenizer(gguf)(text)["input_ids"]
+
+
+def load_gguf_tokenizer(gguf: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+
+
 def test_ngram_greedy_matches_hf_generate_float32(smollm2):
     model, tokenizer = smollm2
     input_ids = _chat_ids(tokenizer, GROUNDED)
@@ -78,6 +105,7 @@ def test_cli_generate_streams_text_and_stats(tmp_path):
     stats = json.loads(stats_line)
     assert 1 <= stats["new_tokens"] <= 24
     assert stats["steps"] >= 1 and "acceptance_rate" in stats
+    assert "converting" not in result.stderr  # a warm cache loads the converted folder
 
 
 def test_cli_rejects_bad_arguments():

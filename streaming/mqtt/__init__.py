@@ -4,13 +4,23 @@
   generate with one loaded model, publish each stream's events QoS 1 with a message expiry.
 - :class:`StreamClient`: ``async with StreamClient(url) as c: async for ev in c.generate(prompt)``,
   deduplicated, in ``seq`` order, gaps resumed, errors raised.
-- :mod:`.protocol`: topics, request / control parsing; :mod:`.transport`: the aiomqtt boundary.
+- :mod:`.protocol`: topics, request / control parsing; :mod:`.transport`: the aiomqtt boundary;
+  :mod:`.connection`: the one reconnecting connection (client, worker, guards).
+- The worker's rooms: :mod:`.intake`, :mod:`.publisher` (lossless publishing and replay from the hub's
+  event log), :mod:`.guards` (per-stream Wills); :mod:`.broker` runs a private mosquitto.
+
+Importing the client (``from specdec.streaming.mqtt import StreamClient``) needs neither torch nor
+transformers (the worker imports the hub, and with it torch, only when a :class:`Worker` is made).
 """
 
 from .client import StreamClient, new_stream_id
+from .connection import Connection
 from .errors import (
     BadRequestError,
+    BrokerUnreachableError,
+    ConnectionLostError,
     MqttLayerError,
+    NoWorkerError,
     StreamError,
     StreamGapError,
     TransportError,
@@ -29,12 +39,17 @@ from .protocol import (
     parse_request,
     worker_status_topic,
 )
+from .serve import serve
 from .transport import BrokerConfig, Transport, WillSpec, connect
-from .worker import Worker, WorkerSettings, serve
+from .worker import Worker, WorkerSettings
 
 __all__ = [
     "BadRequestError",
     "BrokerConfig",
+    "BrokerUnreachableError",
+    "Connection",
+    "ConnectionLostError",
+    "NoWorkerError",
     "CONTROL_WILDCARD",
     "ControlCommand",
     "GenerationRequest",

@@ -5,16 +5,30 @@ Example::
     with LocalMosquitto() as broker:      # a free port on 127.0.0.1, its own config file
         url = broker.url                   # mqtt://127.0.0.1:PORT
         broker.restart()                   # same port; persistence is off, so state is lost
+
+The broker's log goes to its stderr, which this process opens as the file
+``log_path`` and hands over: mosquitto never has to open a file itself, so the
+log works even when mosquitto, started as root, drops to its own user (which
+could not write into our private temporary folder). A broker we started is
+stopped by :meth:`LocalMosquitto.close` (and by ``with``); on Linux it is also
+told to exit when this process dies (``PR_SET_PDEATHSIG``), so a killed
+``specdec serve --start-broker`` leaves no orphan holding the port. A port
+that something already listens on is refused before starting, with a message
+that says so (no silent reuse of an orphan).
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from .errors import TransportError
@@ -31,6 +45,34 @@ def find_mosquitto() -> str | None:
         if os.access(candidate, os.X_OK):
             return candidate
     return None
+
+
+def _listening(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """On Linux, a pre-exec hook that makes the child get SIGTERM when this process dies.
+
+    The kernel ties the signal to the thread that forks, so it is only used from the main thread
+    (a broker started from a worker thread would be stopped when that thread ends).
+    """
+    if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+    pr_set_pdeathsig = 1
+
+    def hook() -> None:
+        libc.prctl(pr_set_pdeathsig, 15)  # SIGTERM
+
+    return hook
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -55,9 +97,10 @@ class LocalMosquitto:
         binary: str | None = None,
         config_text: str | None = None,
     ) -> None:
-        self.binary = binary or find_mosquitto()
-        if self.binary is None:
+        found = binary or find_mosquitto()
+        if found is None:
             raise TransportError("the mosquitto binary is not installed (Debian/Ubuntu: apt-get install mosquitto)")
+        self.binary: str = found
         self.host = host
         self.port = port or free_port(host)
         self._dir = Path(tempfile.mkdtemp(prefix="specdec-mosquitto-"))
@@ -79,7 +122,10 @@ class LocalMosquitto:
                 "max_queued_messages 100000",
                 "max_inflight_messages 0",
                 "set_tcp_nodelay true",
-                f"log_dest file {self.log_path}",
+                "log_dest stderr",  # our process opens log_path and hands it over as stderr
+                # Started as root, mosquitto would switch to the "mosquitto" user, which drops the
+                # parent-death signal (and could not read our private folder): stay the user we are.
+                *(["user root"] if hasattr(os, "geteuid") and os.geteuid() == 0 else []),
                 "log_type error",
                 "log_type warning",
                 "",
@@ -99,14 +145,22 @@ class LocalMosquitto:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
-    def start(self, timeout_s: float = 10.0) -> "LocalMosquitto":
+    def start(self, timeout_s: float = 10.0) -> LocalMosquitto:
         if self.running:
             return self
-        # stderr goes to a file, not a pipe: a config that logs to stderr must never fill a pipe nobody reads.
-        stderr_path = self._dir / "stderr.log"
+        if _listening(self.host, self.port):
+            raise TransportError(
+                f"something already listens on {self.host}:{self.port} (another broker? perhaps one left running "
+                "by an earlier run); stop it or pick another port"
+            )
+        # stderr goes to a file we open (not a pipe nobody reads, not a path mosquitto must be allowed to write).
+        stderr_path = self.log_path
         with stderr_path.open("ab") as stderr:
             self._proc = subprocess.Popen(
-                [self.binary, "-c", str(self.config_path)], stdout=subprocess.DEVNULL, stderr=stderr
+                [self.binary, "-c", str(self.config_path)],
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+                preexec_fn=_die_with_parent(),
             )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -143,7 +197,7 @@ class LocalMosquitto:
         self.stop()
         shutil.rmtree(self._dir, ignore_errors=True)
 
-    def __enter__(self) -> "LocalMosquitto":
+    def __enter__(self) -> LocalMosquitto:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -17,14 +17,21 @@ reorder or lose messages a broker did not persist):
   publishes ``{"type": "resume", "after_seq": last}`` on the stream's control
   topic; the worker replays; after ``max_resume_attempts`` resumes without
   progress it raises :class:`StreamGapError`;
-- **reconnect**: when the broker goes away it reconnects with jittered
-  backoff, re-subscribes and resumes every open stream (re-publishing the
-  request of a stream that has not started, which the worker treats as
-  idempotent);
+- **reconnect**: its :class:`~specdec.streaming.mqtt.connection.Connection`
+  reconnects with jittered backoff and re-subscribes; the client then resumes
+  every open stream (re-publishing the request of a stream that has not
+  started, which the worker treats as idempotent). A broker that cannot be
+  reached at all makes ``async with StreamClient(...)`` raise
+  :class:`BrokerUnreachableError` at once;
+- **timeout**: ``generate(..., timeout=30.0)`` raises :class:`NoWorkerError`
+  (a :class:`StreamError`, ``code="no_worker"``, retryable) when no worker
+  answers the request (no ``start`` event) within ``timeout`` seconds;
 - **errors**: an ``error`` event raises :class:`StreamError` instead of
   ending quietly; a ``worker_lost`` Will raises :class:`WorkerLostError`
   once confirmed: no progress and no broker reconnect for
   ``worker_lost_grace_s`` (a broker that shuts down publishes every Will).
+
+Importing this module is light: it needs neither torch nor transformers.
 """
 
 from __future__ import annotations
@@ -34,12 +41,15 @@ import contextlib
 import logging
 import random
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, AsyncIterator
+from typing import Any
 
-from ..events import ErrorEvent, Event, EventDecodeError, validate_stream_id
-from .errors import StreamError, StreamGapError, TransportError, WorkerLostError
+from ..errors import EventDecodeError
+from ..events import ErrorEvent, Event, validate_stream_id
+from .connection import Connection, Session
+from .errors import NoWorkerError, StreamError, StreamGapError, WorkerLostError
 from .protocol import (
     OUT_OF_BAND_SEQ,
     REQUEST_TOPIC,
@@ -49,7 +59,7 @@ from .protocol import (
     events_topic,
     stream_id_from_topic,
 )
-from .transport import BrokerConfig, Transport, TransportFactory, backoff_delays, connect
+from .transport import BrokerConfig, Message, TransportFactory, connect
 
 __all__ = ["StreamClient", "new_stream_id"]
 
@@ -97,71 +107,55 @@ class StreamClient:
             if isinstance(broker, BrokerConfig)
             else BrokerConfig.from_url(broker, username=username, password=password, tls_ca=tls_ca)
         )
-        self._factory = transport_factory
         self.gap_timeout_s = gap_timeout_s
         self.idle_resume_s = idle_resume_s
         self.max_resume_attempts = max_resume_attempts
         self.worker_lost_grace_s = worker_lost_grace_s
         self.request_expiry_s = request_expiry_s
         self.client_id = client_id or f"specdec-client-{uuid.uuid4().hex[:12]}"
-        self._transport: Transport | None = None
-        self._connected = asyncio.Event()
         self._closing = False
-        self._supervisor: asyncio.Task[None] | None = None
+        self._stack: contextlib.AsyncExitStack | None = None
         self._subs: dict[str, set[_Subscription]] = {}  # stream_id -> local readers
-        self.reconnects = 0
+        self._conn = Connection(
+            self.config,
+            client_id=self.client_id,
+            factory=transport_factory,
+            topics=lambda: [events_topic(stream_id) for stream_id in self._subs],
+            on_message=self._dispatch,
+            on_connect=self._on_connect,
+            label="client",
+        )
+
+    @property
+    def reconnects(self) -> int:
+        """How often the connection to the broker came back after a loss."""
+        return self._conn.reconnects
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def __aenter__(self) -> "StreamClient":
-        first = self._factory(self.config, client_id=self.client_id)
-        await first.__aenter__()  # fail fast with TransportError when the broker is unreachable
-        self._supervisor = asyncio.create_task(self._run(first), name=f"specdec-client-{self.client_id}")
-        await self._connected.wait()
+    async def __aenter__(self) -> StreamClient:
+        """Connect (raises :class:`BrokerUnreachableError` with a hint when the broker cannot be reached)."""
+        async with contextlib.AsyncExitStack() as stack:
+            await stack.enter_async_context(self._conn)
+            self._stack = stack.pop_all()
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self._closing = True
-        if self._supervisor is not None:
-            self._supervisor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._supervisor
-        self._supervisor = None
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            await stack.aclose()
 
-    async def _run(self, first: Transport) -> None:
-        transport: Transport | None = first
-        delays = backoff_delays()
-        while not self._closing:
-            try:
-                if transport is None:
-                    transport = self._factory(self.config, client_id=self.client_id)
-                    await transport.__aenter__()
-                    self.reconnects += 1
-                try:
-                    for stream_id in list(self._subs):
-                        await transport.subscribe(events_topic(stream_id))
-                    self._transport = transport
-                    self._connected.set()
-                    delays = backoff_delays()
-                    if self.reconnects:
-                        for subs in self._subs.values():
-                            for sub in subs:
-                                sub.queue.put_nowait(_RECONNECTED)
-                    async for message in transport.messages():
-                        self._dispatch(message.topic, message.payload)
-                finally:
-                    self._connected.clear()
-                    self._transport = None
-                    await transport.__aexit__(None, None, None)
-            except TransportError as exc:
-                log.info("broker connection lost (%s); reconnecting", exc)
-            transport = None
-            if not self._closing:
-                await asyncio.sleep(next(delays))
+    async def _on_connect(self, session: Session) -> None:
+        if session.number > 1:  # the connection came back: every reader resumes (or re-requests)
+            for subs in self._subs.values():
+                for sub in subs:
+                    sub.queue.put_nowait(_RECONNECTED)
 
-    def _dispatch(self, topic: str, payload: bytes) -> None:
+    def _dispatch(self, message: Message) -> None:
+        topic, payload = message.topic, message.payload
         stream_id = stream_id_from_topic(topic)
         subs = self._subs.get(stream_id) if stream_id else None
         if not subs:
@@ -180,35 +174,16 @@ class StreamClient:
 
     async def _publish(self, topic: str, payload: bytes, *, expiry_s: int | None = None, retry: bool = True) -> bool:
         """Publish QoS 1; while disconnected, wait for the connection (when ``retry``)."""
-        while not self._closing:
-            await self._connected.wait()
-            transport = self._transport
-            if transport is None:
-                continue
-            try:
-                await transport.publish(topic, payload, qos=1, expiry_s=expiry_s)
-                return True
-            except TransportError:
-                if not retry:
-                    return False
-                await asyncio.sleep(0.05)
-        return False
+        if self._closing:
+            return False
+        return await self._conn.publish(topic, payload, qos=1, expiry_s=expiry_s, retry=retry)
 
     async def _subscribe(self, stream_id: str) -> _Subscription:
         sub = _Subscription(stream_id)
         first = stream_id not in self._subs
         self._subs.setdefault(stream_id, set()).add(sub)
         if first:
-            while True:
-                await self._connected.wait()
-                transport = self._transport
-                if transport is None:
-                    continue
-                try:
-                    await transport.subscribe(events_topic(stream_id))
-                    break
-                except TransportError:
-                    await asyncio.sleep(0.05)  # the reconnect re-subscribes; wait for it
+            await self._conn.subscribe(events_topic(stream_id))
         return sub
 
     async def _unsubscribe(self, sub: _Subscription) -> None:
@@ -218,10 +193,7 @@ class StreamClient:
         subs.discard(sub)
         if not subs:
             del self._subs[sub.stream_id]
-            transport = self._transport
-            if transport is not None:
-                with contextlib.suppress(TransportError):
-                    await transport.unsubscribe(events_topic(sub.stream_id))
+            await self._conn.unsubscribe(events_topic(sub.stream_id))
 
     async def cancel(self, stream_id: str) -> None:
         """Ask the worker serving ``stream_id`` to stop; its readers then see ``end(cancelled)``."""
@@ -251,10 +223,14 @@ class StreamClient:
         top_k: int | None = None,
         seed: int | None = None,
         provisional: bool = False,
+        timeout: float | None = 30.0,
     ) -> AsyncIterator[Event]:
         """Send a request and yield its events (start, commits, provisionals, end) exactly once, in order.
 
-        Give one of ``prompt``, ``messages`` or ``input_ids``. When sampling
+        Give one of ``prompt``, ``messages`` or ``input_ids``. ``timeout``: how
+        long to wait for a worker to answer (its ``start`` event, or an
+        error) before raising :class:`NoWorkerError`; ``None`` waits forever.
+        Once the stream started, a slow generation never times out. When sampling
         without a ``seed``, the client picks one, so that a request re-sent
         after a reconnect yields the same stream. Leaving the loop early
         cancels the generation.
@@ -265,6 +241,8 @@ class StreamClient:
         given = {k: v for k, v in sources.items() if v is not None}
         if len(given) != 1:
             raise ValueError("pass exactly one of prompt, messages, input_ids")
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
+            raise ValueError(f"timeout must be a number of seconds > 0 or None, got {timeout!r}")
         request.update(given)
         if do_sample and seed is None:
             seed = random.randrange(2**62)
@@ -282,7 +260,7 @@ class StreamClient:
         payload = encode_json(request)
         finished = False
         try:
-            async for event in self._read(stream_id, request_payload=payload):
+            async for event in self._read(stream_id, request_payload=payload, timeout=timeout):
                 if event.type == "end":
                     finished = True
                 yield event
@@ -313,6 +291,7 @@ class StreamClient:
         request_payload: bytes | None = None,
         after_seq: int = -1,
         initial_resume: bool = False,
+        timeout: float | None = None,
     ) -> AsyncIterator[Event]:
         sub = await self._subscribe(stream_id)
         try:
@@ -327,16 +306,26 @@ class StreamClient:
             lost: ErrorEvent | None = None  # a worker_lost Will, not yet confirmed
             lost_deadline = 0.0
             loop = asyncio.get_running_loop()
+            answer_deadline = None if timeout is None else loop.time() + timeout
             while True:
-                timeout = self.gap_timeout_s if buffer else self.idle_resume_s
+                wait_s = self.gap_timeout_s if buffer else self.idle_resume_s
                 if lost is not None:
-                    timeout = min(timeout, max(0.0, lost_deadline - loop.time()))
+                    wait_s = min(wait_s, max(0.0, lost_deadline - loop.time()))
+                if answer_deadline is not None and not started:
+                    if loop.time() >= answer_deadline:
+                        raise NoWorkerError(
+                            f"no worker answered within {timeout} s (no start event): is a `specdec serve` worker "
+                            f"connected to {self.config.host}:{self.config.port}?",
+                            retryable=True,
+                            stream_id=stream_id,
+                        )
+                    wait_s = min(wait_s, answer_deadline - loop.time())
                 try:
-                    item = await asyncio.wait_for(sub.queue.get(), timeout)
-                except asyncio.TimeoutError:
+                    item = await asyncio.wait_for(sub.queue.get(), wait_s)
+                except TimeoutError:
                     item = None
                 if lost is not None and item is None and loop.time() >= lost_deadline:
-                    raise WorkerLostError(lost.code, lost.message, retryable=lost.retryable, stream_id=stream_id)
+                    raise WorkerLostError(lost.message, code=lost.code, retryable=lost.retryable, stream_id=stream_id)
                 if item is None or item is _RECONNECTED:
                     if item is _RECONNECTED:
                         lost = None  # the broker went away: its shutdown sends every Will; trust the resume
@@ -344,7 +333,6 @@ class StreamClient:
                         attempts += 1
                         if attempts > self.max_resume_attempts:
                             raise StreamGapError(
-                                "gap",
                                 f"events after seq {next_seq - 1} never arrived after {attempts - 1} resumes",
                                 retryable=True,
                                 stream_id=stream_id,
@@ -365,7 +353,9 @@ class StreamClient:
                             lost_deadline = loop.time() + self.worker_lost_grace_s
                             await self.resume(stream_id, next_seq - 1)
                         elif not started:
-                            raise StreamError(event.code, event.message, retryable=event.retryable, stream_id=stream_id)
+                            raise StreamError(
+                                event.message, code=event.code, retryable=event.retryable, stream_id=stream_id
+                            )
                     continue
                 if event.seq < next_seq or event.seq in buffer:
                     continue  # a QoS 1 redelivery or a replay of what we have
@@ -379,7 +369,7 @@ class StreamClient:
                     started = True
                     if isinstance(event, ErrorEvent):
                         cls = WorkerLostError if event.code == "worker_lost" else StreamError
-                        raise cls(event.code, event.message, retryable=event.retryable, stream_id=stream_id)
+                        raise cls(event.message, code=event.code, retryable=event.retryable, stream_id=stream_id)
                     yield event
                     if event.type == "end":
                         return

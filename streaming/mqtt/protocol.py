@@ -287,7 +287,7 @@ def encode_json(data: Any) -> bytes:
     return _ENCODER.encode(data).encode("utf-8")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _field_names(cls: type) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(cls))
 
@@ -301,7 +301,7 @@ def _plain(obj: Any) -> dict[str, Any]:
     event's lists is safe. Same keys, same order as ``event_to_dict`` (tested).
     """
     out = {}
-    for name in _field_names(type(obj)):
+    for name in _field_names(type(obj)):  # type: ignore[arg-type]  # dataclass types hash fine
         value = getattr(obj, name)
         out[name] = _plain(value) if hasattr(type(value), "__dataclass_fields__") else value
     return out

@@ -1,6 +1,7 @@
 """A small MQTT 5 transport interface, and its aiomqtt (>=2.5,<3) implementation.
 
-The worker and the client only use :class:`Transport`: connect / disconnect as
+The reconnecting :class:`~specdec.streaming.mqtt.connection.Connection` (used by
+both the worker and the client) only uses :class:`Transport`: connect / disconnect as
 an async context manager, ``publish``, ``subscribe`` and an async iterator of
 incoming :class:`Message`. Everything aiomqtt- or paho-specific (properties,
 the Will, TLS, error types) stays in :class:`AiomqttTransport`, so an aiomqtt 3
@@ -21,12 +22,13 @@ import logging
 import random
 import socket
 import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
-from typing import AsyncIterator, Callable, Iterator, Protocol
+from typing import Protocol
 from urllib.parse import urlsplit
 
-from .errors import TransportError
+from .errors import BrokerUnreachableError, ConnectionLostError, TransportError
 
 __all__ = [
     "BrokerConfig",
@@ -60,7 +62,7 @@ class BrokerConfig:
         username: str | None = None,
         password: str | None = None,
         tls_ca: str | None = None,
-    ) -> "BrokerConfig":
+    ) -> BrokerConfig:
         """Parse ``mqtt://host[:port]`` or ``mqtts://host[:port]`` (user:password@ in the URL also works)."""
         if not isinstance(url, str) or "://" not in url:
             raise ValueError(f"broker URL must look like mqtt://host:port or mqtts://host:port, got {url!r}")
@@ -111,7 +113,7 @@ class WillSpec:
 class Transport(Protocol):
     """What the worker and client need from an MQTT 5 connection."""
 
-    async def __aenter__(self) -> "Transport": ...
+    async def __aenter__(self) -> Transport: ...
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -200,13 +202,11 @@ class AiomqttTransport:
             logger=_AIOMQTT_LOG,
         )
 
-    async def __aenter__(self) -> "AiomqttTransport":
+    async def __aenter__(self) -> AiomqttTransport:
         try:
             await self._client.__aenter__()
-        except self._aiomqtt.MqttError as exc:
-            raise TransportError(
-                f"cannot connect to {self.config.host}:{self.config.port}: {exc}"
-            ) from exc
+        except (self._aiomqtt.MqttError, OSError) as exc:
+            raise BrokerUnreachableError(f"cannot connect to {self.config.host}:{self.config.port}: {exc}") from exc
         return self
 
     async def __aexit__(
@@ -248,7 +248,7 @@ class AiomqttTransport:
             try:
                 message = await iterator.__anext__()
             except self._aiomqtt.MqttError as exc:
-                raise TransportError(f"connection to the broker lost: {exc}") from exc
+                raise ConnectionLostError(f"connection to the broker lost: {exc}") from exc
             payload = message.payload
             if isinstance(payload, str):
                 payload = payload.encode()
