@@ -45,14 +45,22 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   touch "$stamp"
 fi
 
-if [ "$DEV" = 1 ] && ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
-  if command -v apt-get >/dev/null 2>&1; then
-    echo "setup: installing mosquitto (broker for the MQTT tests)"
-    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-    $SUDO apt-get update
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y mosquitto mosquitto-clients
-  else
-    echo "setup: warning: mosquitto is missing and apt-get is not available; MQTT tests will be skipped" >&2
+# System packages the tests start themselves: mosquitto (MQTT tests) and Chromium with its driver
+# (the HTTP page test). Debian/Ubuntu names; each is installed only where it is missing.
+if [ "$DEV" = 1 ]; then
+  missing=()
+  { command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ]; } || missing+=(mosquitto mosquitto-clients)
+  command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+  command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
+  if [ ${#missing[@]} -gt 0 ]; then
+    if command -v apt-get >/dev/null 2>&1; then
+      echo "setup: installing ${missing[*]} (started by the MQTT and HTTP page tests)"
+      SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+      $SUDO apt-get update
+      DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y "${missing[@]}"
+    else
+      echo "setup: warning: ${missing[*]} missing and apt-get is not available; those tests will be skipped" >&2
+    fi
   fi
 fi
 echo "setup: ready ($("$VENV/bin/python" -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'))"

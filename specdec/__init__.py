@@ -31,7 +31,7 @@ _LAZY = {
     "TokenSink": ".generator",
     "LogitsShaper": ".logits",
     "DraftBlock": ".types",
-    "FinishReason": ".types",
+    "FinishReason": ".finish",
     "SpecOutput": ".types",
     "SpecStats": ".types",
     "VerifiedBlock": ".types",

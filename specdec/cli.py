@@ -131,8 +131,11 @@ def build_parser(*, with_bench: bool = True) -> argparse.ArgumentParser:
     )  # fmt: skip
     gen.add_argument("--json", action="store_true", help="print the statistics as JSON on the last line")
 
-    serve = sub.add_parser("serve", help="serve generation requests over MQTT (SIGINT/SIGTERM stop it)")
+    serve = sub.add_parser(
+        "serve", help="serve generation requests over MQTT and/or HTTP (SIGINT/SIGTERM stop it)"
+    )
     _add_model_arguments(serve)
+    serve.add_argument("--http", default=None, metavar="HOST:PORT", help="serve the OpenAI-compatible HTTP API here")
     serve.add_argument("--broker", default=None, help="mqtt://host:port or mqtts://host:port")
     serve.add_argument("--start-broker", action="store_true", help="start a local mosquitto on --broker's port")
     serve.add_argument("--username", default=None)
@@ -232,8 +235,19 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from .cli_run import serve_until_signal
 
-    if args.broker is None and not args.start_broker:
-        raise InvalidArgumentError("pass --broker mqtt://host:port (or --start-broker to run a local mosquitto)")
+    mqtt_wanted = args.broker is not None or args.start_broker
+    if not mqtt_wanted and args.http is None:
+        raise InvalidArgumentError(
+            "pass --http HOST:PORT and/or --broker mqtt://host:port (or --start-broker to run a local mosquitto)"
+        )
+    if args.http is not None:
+        try:
+            from specdec.streaming.http.server import parse_address
+        except ImportError as exc:
+            raise InvalidArgumentError(
+                f"--http needs the HTTP extra ({exc.name} is missing): pip install 'specdec[http]'"
+            ) from exc
+        parse_address(args.http)
     address = checks.check_broker_url(args.broker or "mqtt://127.0.0.1:1883", start_broker=args.start_broker)
     if args.start_broker and not (shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").is_file()):
         raise InvalidArgumentError("--start-broker needs mosquitto (Debian/Ubuntu: apt-get install mosquitto)")
@@ -244,7 +258,16 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     check_model_arguments(args)
     generator, _, tokenizer = _prepare(args)
     url = f"{address.scheme}://{address.host}:{address.port}"
-    return serve_until_signal(args, url, generator, tokenizer, model_name=args.target or DEFAULT_MODEL_NAME)
+    model_name = args.target or DEFAULT_MODEL_NAME
+    if args.http is not None:
+        from specdec.streaming.http import run_server
+
+        mqtt = dict(username=args.username, password=args.password, tls_ca=args.tls_ca, start_broker=args.start_broker)
+        return run_server(
+            args.http, generator, tokenizer, model_name=model_name, draft_name=args.draft or "ngram",
+            max_tokens_cap=args.max_new_tokens_cap, broker=url if mqtt_wanted else None, mqtt_options=mqtt,
+        )  # fmt: skip
+    return serve_until_signal(args, url, generator, tokenizer, model_name=model_name)
 
 
 # --------------------------------------------------------------------------- bench

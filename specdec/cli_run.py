@@ -61,7 +61,9 @@ def run_generation(
             interrupted = True
             cancel_requested.set()
 
-        loop.add_signal_handler(signal.SIGINT, on_sigint)  # before the generation thread exists
+        ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # e.g. started in a background job
+        if not ignored:
+            loop.add_signal_handler(signal.SIGINT, on_sigint)  # before the generation thread exists
         try:
             hub = StreamHub()
             stream = hub.start(generator, input_ids, tokenizer=tokenizer, provisional=show_drafts, **generate_kwargs)
@@ -78,7 +80,8 @@ def run_generation(
             finally:
                 canceller.cancel()
         finally:
-            loop.remove_signal_handler(signal.SIGINT)
+            if not ignored:
+                loop.remove_signal_handler(signal.SIGINT)
 
     return asyncio.run(run()), interrupted
 

@@ -9,7 +9,7 @@ import torch
 
 __all__ = ["DraftBlock", "VerifyResult", "VerifiedBlock", "SpecStats", "SpecOutput", "FinishReason"]
 
-FinishReason = Literal["eos", "length", "stop", "cancelled"]
+from .finish import FinishReason
 
 
 @dataclass(frozen=True)
