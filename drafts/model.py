@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from transformers import PreTrainedModel
 
@@ -48,6 +50,15 @@ class ModelDrafter:
         self._context: DraftContext | None = None
         self._committed: list[int] = []
         self._generator: torch.Generator | None = None
+
+    def for_row(self) -> ModelDrafter:
+        """A copy on the same draft model with its own KV cache and state, for another row of a batch."""
+        clone = copy.copy(self)
+        clone.model_adapter = CausalLMAdapter(self.model_adapter.model)
+        clone._context = None
+        clone._committed = []
+        clone._generator = None
+        return clone
 
     def begin(self, context: DraftContext) -> None:
         self._context = context

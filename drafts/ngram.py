@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from specdec import DraftBlock, DraftContext, InvalidArgumentError
@@ -57,6 +59,13 @@ class NGramDrafter:
         self.occurrence = occurrence
         self._tokens: list[int] = []
         self._index: dict[tuple[int, ...], int] = {}
+
+    def for_row(self) -> NGramDrafter:
+        """A copy with the same settings and its own (empty) index, for another row of a batch."""
+        clone = copy.copy(self)
+        clone._tokens = []
+        clone._index = {}
+        return clone
 
     def begin(self, context: DraftContext) -> None:
         self._tokens = []

@@ -120,9 +120,13 @@ class CausalLMAdapter:
     @property
     def hidden_states(self) -> torch.Tensor:
         """``[n, len(layers), hidden]``: the captured layers for every position of the last forward."""
+        return self.captured(0)
+
+    def captured(self, row: int) -> torch.Tensor:
+        """``[width, len(layers), hidden]``: batch row ``row``'s captured layers in the last forward."""
         if self._capture is None:
             raise RuntimeError("no layers are being captured: call capture(layers) first")
-        return self._capture.stacked()
+        return self._capture.stacked(row)
 
     def reset(self) -> None:
         """Forget every cached token (start of a new sequence)."""
@@ -221,11 +225,11 @@ class _LayerCapture:
 
         return hook
 
-    def stacked(self) -> torch.Tensor:
+    def stacked(self, row: int = 0) -> torch.Tensor:
         missing = [i for i in self.layers if i not in self._seen]
         if missing:
             raise RuntimeError(f"layers {missing} were not seen in the last forward")
-        return torch.stack([self._seen[i][0] for i in self.layers], dim=1)  # [n, layers, hidden]
+        return torch.stack([self._seen[i][row] for i in self.layers], dim=1)  # [n, layers, hidden]
 
     def remove(self) -> None:
         for handle in self._handles:

@@ -1,26 +1,35 @@
-"""The propose -> verify -> accept -> roll back loop."""
+"""The public entry point: :class:`SpeculativeGenerator` and its ``generate``.
+
+``generate`` validates every row before any model work, turns each into a
+:class:`~specdec.request.Request`, submits them all to the generator's
+:class:`~specdec.engine.Engine` (the one decode loop) and assembles the rows'
+outputs. One sequence, a padded batch and the server's requests all run there.
+"""
 
 from __future__ import annotations
 
-import time
 from typing import Any, Protocol
 
 import torch
 from transformers import GenerationConfig, LogitsProcessorList, PreTrainedModel, StoppingCriteriaList
 
 from .adaptive import CostProfile
-from .cache import CausalLMAdapter
-from .config_processors import config_processors, config_sampling_warpers
+from .batch_target import BatchedTarget
 from .drafter import Drafter, requested_layers
+from .engine import Engine, Handle
 from .errors import InvalidArgumentError, VocabularyMismatchError
-from .logits import LogitsShaper
-from .params import UNSET, resolve_params
-from .policy import DraftLengthPolicy, draft_length_policy
-from .sequence import Cancelled, Sequence
-from .sinks import BlockCallback, BlockEmitter, TokenCallback
-from .types import SpecOutput, VerifiedBlock
+from .params import UNSET
+from .policy import DraftLengthPolicy
+from .request import DrafterPool, RequestFactory, as_prompts
+from .sequence import Cancelled
+from .sinks import BlockEmitter, TokenCallback
+from .types import SpecOutput, SpecStats, VerifiedBlock
 
 __all__ = ["SpeculativeGenerator", "TokenSink"]
+
+#: Default limit on the rows of one batched ``generate`` call and on the engine's concurrent rows.
+MAX_BATCH_ROWS = 64
+
 
 class TokenSink(Protocol):
     """An object that receives each verified block and, optionally, each draft before verification.
@@ -31,42 +40,6 @@ class TokenSink(Protocol):
     """
 
     def on_block(self, block: VerifiedBlock) -> Any: ...
-
-
-def _as_prompt(input_ids: Any, attention_mask: Any) -> torch.Tensor:
-    """Validate the prompt and return it as a 1-D LongTensor on the CPU."""
-    if isinstance(input_ids, (list, tuple)):
-        if input_ids and isinstance(input_ids[0], (list, tuple)):
-            input_ids = torch.tensor(input_ids, dtype=torch.long)
-        else:
-            input_ids = torch.tensor([list(input_ids)], dtype=torch.long)
-    if not isinstance(input_ids, torch.Tensor):
-        raise InvalidArgumentError(f"input_ids must be a LongTensor or a list of ints, got {type(input_ids).__name__}")
-    if input_ids.dtype not in (torch.long, torch.int, torch.int32, torch.int16):
-        raise InvalidArgumentError(f"input_ids must hold integers, got dtype {input_ids.dtype}")
-    if input_ids.dim() == 1:
-        input_ids = input_ids.unsqueeze(0)
-    if input_ids.dim() != 2:
-        raise InvalidArgumentError(f"input_ids must have shape [batch, length], got {tuple(input_ids.shape)}")
-    if input_ids.shape[0] != 1:
-        raise InvalidArgumentError(
-            f"batch size {input_ids.shape[0]} is not supported yet: pass one sequence (shape [1, length])"
-        )
-    prompt = input_ids[0].to("cpu", torch.long)
-    if attention_mask is not None:
-        mask = torch.as_tensor(attention_mask).reshape(-1).to("cpu")
-        if mask.shape[0] != prompt.shape[0]:
-            raise InvalidArgumentError(
-                f"attention_mask has {mask.shape[0]} positions but input_ids has {prompt.shape[0]}"
-            )
-        keep = mask.bool()
-        first = int(keep.float().argmax()) if keep.any() else prompt.shape[0]
-        if not bool(keep[first:].all()):
-            raise InvalidArgumentError("attention_mask may only mask left padding (zeros before the first one)")
-        prompt = prompt[first:]
-    if prompt.shape[0] == 0:
-        raise InvalidArgumentError("the prompt is empty: pass at least one token")
-    return prompt
 
 
 class SpeculativeGenerator:
@@ -84,8 +57,16 @@ class SpeculativeGenerator:
     time (it owns the target's KV cache).
     """
 
-    def __init__(self, target: PreTrainedModel, drafter: Drafter) -> None:
-        self.target = CausalLMAdapter(target)
+    def __init__(
+        self,
+        target: PreTrainedModel,
+        drafter: Drafter,
+        *,
+        max_batch_rows: int = MAX_BATCH_ROWS,
+        min_prefill_chunk: int = 16,
+        max_prefill_chunk: int = 1024,
+    ) -> None:
+        self.target = BatchedTarget(target)
         for attr in ("propose", "update", "begin", "end"):
             if not callable(getattr(drafter, attr, None)):
                 raise InvalidArgumentError(
@@ -100,21 +81,84 @@ class SpeculativeGenerator:
                 f"the drafter's vocabulary has {drafter_vocab} tokens but the target's has {self.target.vocab_size}; "
                 "draft and target must share one tokenizer and vocabulary"
             )
+        if isinstance(max_batch_rows, bool) or not isinstance(max_batch_rows, int) or max_batch_rows < 1:
+            raise InvalidArgumentError(f"max_batch_rows must be an integer >= 1, got {max_batch_rows!r}")
         self.drafter = drafter
+        self.max_batch_rows = max_batch_rows
         # The target layers a hidden-state drafter reads (an EAGLE head); None for every other drafter.
         self.hidden_layers = requested_layers(drafter)
         if self.hidden_layers is not None:
             self.target.check_layers(self.hidden_layers)
         # Measured draft and verify costs of this (target, drafter, device), for num_draft_tokens="auto".
         self.draft_costs = CostProfile()
+        self.requests = RequestFactory(
+            target,
+            vocab_size=self.target.vocab_size,
+            context_length=self.target.context_length,
+            device=self.target.device,
+            default_k=default_k,
+        )
+        self.engine = Engine(
+            self.target,
+            DrafterPool(drafter),
+            max_rows=max_batch_rows,
+            min_prefill_chunk=min_prefill_chunk,
+            max_prefill_chunk=max_prefill_chunk,
+            hidden_layers=self.hidden_layers,
+        )
 
     @property
     def model(self) -> PreTrainedModel:
         return self.target.model
 
-    def generate(
+    def submit(
         self,
         input_ids: torch.Tensor | list[int],
+        *,
+        row: int = 0,
+        on_tokens: TokenCallback | TokenSink | None = None,
+        on_draft: TokenCallback | None = None,
+        streamer: Any = None,
+        cancel: Cancelled | None = None,
+        generation_config: GenerationConfig | None = None,
+        logits_processor: LogitsProcessorList | None = None,
+        stopping_criteria: StoppingCriteriaList | None = None,
+        num_draft_tokens: int | str | DraftLengthPolicy | None = None,
+        seed: int | None = None,
+        **settings: Any,
+    ) -> Handle:
+        """Queue one sequence on the engine; returns its :class:`~specdec.engine.Handle` at once.
+
+        Takes ``generate``'s arguments for one sequence (``settings``:
+        ``max_new_tokens``, ``do_sample``, ``temperature``, ``top_k``, ``top_p``,
+        ``eos_token_id``, ``attention_mask``). The request runs as the engine
+        steps: ``handle.result()`` or iterating the handle drives it.
+        """
+        attention_mask = settings.pop("attention_mask", None)
+        unknown = set(settings) - {"max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "eos_token_id"}
+        if unknown:
+            raise InvalidArgumentError(f"unknown generation settings: {sorted(unknown)}")
+        (prompt,) = _single(as_prompts(input_ids, attention_mask))
+        self.requests.check_prompt(prompt, 0, 1)
+        params = self.requests.settings(
+            generation_config=generation_config, num_draft_tokens=num_draft_tokens, seed=seed, **settings
+        )
+        request = self.requests.build(
+            prompt,
+            params,
+            costs=self.draft_costs,
+            generation_config=generation_config,
+            logits_processor=logits_processor,
+            stopping_criteria=stopping_criteria,
+            emitter=BlockEmitter.for_generate(on_tokens, on_draft, streamer),
+            cancel=cancel,
+            row=row,
+        )
+        return self.engine.submit(request)
+
+    def generate(
+        self,
+        input_ids: torch.Tensor | list[int] | list[list[int]],
         attention_mask: torch.Tensor | None = None,
         max_new_tokens: int = UNSET,
         do_sample: bool = UNSET,
@@ -123,7 +167,7 @@ class SpeculativeGenerator:
         top_p: float | None = UNSET,
         num_draft_tokens: int | str | DraftLengthPolicy | None = None,
         eos_token_id: int | list[int] | None = UNSET,
-        seed: int | None = None,
+        seed: int | list[int] | None = None,
         on_tokens: TokenCallback | TokenSink | None = None,
         *,
         generation_config: GenerationConfig | None = None,
@@ -133,27 +177,48 @@ class SpeculativeGenerator:
         on_draft: TokenCallback | None = None,
         cancel: Cancelled | None = None,
     ) -> SpecOutput:
-        """Generate up to ``max_new_tokens`` tokens after ``input_ids``.
+        """Generate up to ``max_new_tokens`` tokens after each row of ``input_ids``.
+
+        ``input_ids``: one sequence ([length] or [1, length]), a padded batch
+        [batch, length] with its ``attention_mask`` (left or right padding), or
+        a list of token lists of different lengths. Rows run together in the
+        engine; each keeps exactly what the target accepts for it and leaves
+        the batch when it finishes. See :class:`~specdec.SpecOutput` for the
+        batch layout.
 
         Defaults: ``max_new_tokens=64``, greedy, ``temperature=1.0``, no top-k or
         top-p; a ``generation_config`` overrides those defaults and explicit
         arguments override it. ``eos_token_id=None`` means the target's
-        ``generation_config.eos_token_id``.
+        ``generation_config.eos_token_id``. ``seed``: an int (row ``r`` of a
+        batch uses ``seed + r``) or one seed per row; a row's output depends
+        on its own seed only, whatever else shares the batch.
 
         ``on_tokens(step, token_ids)`` is called with every verified block, in
-        order, before the next step starts; or pass a sink object with
-        ``on_block(block: VerifiedBlock)`` (or ``on_tokens``) and optionally
-        ``on_draft``. ``on_draft(step, token_ids)`` sees each draft before it
-        is verified. ``num_draft_tokens``: an int, ``None`` (the drafter's
-        default), ``"auto"`` or a :class:`~specdec.DraftLengthPolicy` object. ``streamer`` is any transformers
-        ``BaseStreamer``. ``cancel`` is any object with ``is_set()`` (a
-        ``threading.Event``): generation stops within one step once it is set.
+        order, before that row's next step; or pass a sink object with
+        ``on_block(block: VerifiedBlock)`` (it names the row; or ``on_tokens``)
+        and optionally ``on_draft``. ``on_draft(step, token_ids)`` sees each
+        draft before it is verified. ``num_draft_tokens``: an int, ``None`` (the
+        drafter's default), ``"auto"`` or a :class:`~specdec.DraftLengthPolicy`
+        object (one sequence only: a policy object has per-request state).
+        ``streamer`` is any transformers ``BaseStreamer`` (one sequence only).
+        ``cancel`` is any object with ``is_set()`` (a ``threading.Event``):
+        every row stops within one step once it is set.
         """
-        params = resolve_params(
-            generation_config=generation_config,
-            model_generation_config=getattr(self.target.model, "generation_config", None),
-            num_draft_tokens=num_draft_tokens,
-            seed=seed,
+        prompts = as_prompts(input_ids, attention_mask)
+        rows = len(prompts)
+        if rows > self.max_batch_rows:
+            raise InvalidArgumentError(
+                f"the batch has {rows} rows but this generator takes at most {self.max_batch_rows} "
+                "(SpeculativeGenerator(max_batch_rows=...))"
+            )
+        for r, prompt in enumerate(prompts):
+            self.requests.check_prompt(prompt, r, rows)
+        seeds = _row_seeds(seed, rows)
+        if rows > 1 and streamer is not None:
+            raise InvalidArgumentError("a transformers streamer takes one sequence; pass on_tokens for a batch")
+        if rows > 1 and num_draft_tokens is not None and not isinstance(num_draft_tokens, (int, str)):
+            raise InvalidArgumentError("a DraftLengthPolicy object serves one sequence; pass an int or 'auto'")
+        explicit = dict(
             max_new_tokens=max_new_tokens,
             do_sample=do_sample,
             temperature=temperature,
@@ -161,80 +226,79 @@ class SpeculativeGenerator:
             top_p=top_p,
             eos_token_id=eos_token_id,
         )
-        prompt = _as_prompt(input_ids, attention_mask)
-        emitter = BlockEmitter.for_generate(on_tokens, on_draft, streamer)
-        if logits_processor is not None and not isinstance(logits_processor, (LogitsProcessorList, list)):
-            raise InvalidArgumentError("logits_processor must be a transformers LogitsProcessorList")
-        if stopping_criteria is not None and not isinstance(stopping_criteria, (StoppingCriteriaList, list)):
-            raise InvalidArgumentError("stopping_criteria must be a transformers StoppingCriteriaList")
-        context = self.target.context_length
-        if context is not None and prompt.shape[0] >= context:
-            raise InvalidArgumentError(
-                f"the prompt has {prompt.shape[0]} tokens but the target's context holds {context}; shorten the prompt"
+        requests = []
+        for r, prompt in enumerate(prompts):
+            params = self.requests.settings(
+                generation_config=generation_config, num_draft_tokens=num_draft_tokens, seed=seeds[r], **explicit
             )
-        if int(prompt.max()) >= self.target.vocab_size or int(prompt.min()) < 0:
-            raise InvalidArgumentError(f"input_ids holds token ids outside the vocabulary [0, {self.target.vocab_size})")
-        # HF generate applies the processors of the model's own generation_config unless one is passed.
-        effective_config = generation_config or getattr(self.target.model, "generation_config", None) or GenerationConfig()
-        processors = config_processors(
-            effective_config,
-            prompt_length=int(prompt.shape[0]),
-            eos_token_ids=params.eos_token_ids,
-            device=self.target.device,
-        )
-        processors.extend(logits_processor or [])
-        warpers = config_sampling_warpers(effective_config, device=self.target.device)
-        shaper = LogitsShaper(
-            do_sample=params.do_sample,
-            temperature=float(params.temperature),
-            top_k=params.top_k,
-            top_p=params.top_p,
-            processors=processors or None,
-            extra_warpers=warpers or None,
-        )
-        policy = draft_length_policy(
-            params.num_draft_tokens, default_k=self.drafter.default_num_draft_tokens, costs=self.draft_costs
-        )
-        seq = Sequence(
-            prompt=prompt,
-            params=params,
-            shaper=shaper,
-            drafter=self.drafter,
-            policy=policy,
-            emitter=emitter,
-            vocab_size=self.target.vocab_size,
-            context_length=self.target.context_length,
-            device=self.target.device,
-            stopping=StoppingCriteriaList(stopping_criteria) if stopping_criteria else None,
-            cancel=cancel,
-        )
-        return self._run(seq)
+            requests.append(
+                self.requests.build(
+                    prompt,
+                    params,
+                    costs=self.draft_costs,
+                    generation_config=generation_config,
+                    logits_processor=logits_processor,
+                    stopping_criteria=stopping_criteria,
+                    emitter=BlockEmitter.for_generate(on_tokens, on_draft, streamer),
+                    cancel=cancel,
+                    row=r,
+                )
+            )
+        forwards = self.engine.forwards
+        handles = [self.engine.submit(request) for request in requests]
+        self.engine.run(handles)
+        for r, handle in enumerate(handles):
+            if handle.error is not None:
+                if rows > 1:
+                    handle.error.add_note(f"(row {r} of the batch; the other rows finished)")
+                raise handle.error
+        outputs = [h.result() for h in handles]
+        if rows == 1:
+            return outputs[0]
+        width = input_ids.shape[-1] if isinstance(input_ids, torch.Tensor) else max(len(p) for p in prompts)
+        return _batch_output(outputs, width, self._pad_id(), self.engine.forwards - forwards)
 
-    def _run(self, seq: Sequence) -> SpecOutput:
-        """Prefill, then choose k, propose, verify, commit, emit until the sequence finishes."""
-        start = time.perf_counter()
-        target = self.target
-        target.reset()
-        reads_hidden = self.hidden_layers is not None
-        target.capture(self.hidden_layers)  # hooks on the named layers, only while a hidden-state drafter runs
-        failed = True
-        try:
-            seq.begin()
-            if seq.prompt_len > 1:
-                target.forward(seq.sequence[:-1], last_only=True)
-                seq.stats.target_forwards += 1
-                if reads_hidden:
-                    seq.prefilled(target.hidden_states)  # [prompt_len - 1, layers, hidden]
-            while (block := seq.plan()) is not None:  # choose k, propose
-                logits = target.forward(seq.block_ids(block))  # verify: [len(block) + 1, vocab]
-                hidden = target.hidden_states if reads_hidden else None  # [len(block) + 1, layers, hidden]
-                seq.commit(logits, block, hidden_states=hidden)  # accept, emit
-                target.truncate(seq.length - 1)  # roll back the rejected drafts
-            failed = False
-        finally:
-            seq.close(failed=failed)
-            target.capture(None)
-            target.reset()  # free the KV cache: the next call starts from scratch anyway
-        seq.stats.wall_time_s = time.perf_counter() - start
-        assert seq.finish is not None
-        return SpecOutput(sequences=seq.sequence.unsqueeze(0).clone(), stats=seq.stats, finish_reason=seq.finish)
+    def _pad_id(self) -> int:
+        config = getattr(self.target.model, "generation_config", None)
+        for value in (getattr(config, "pad_token_id", None), getattr(config, "eos_token_id", None)):
+            if isinstance(value, (list, tuple)):
+                value = value[0] if value else None
+            if isinstance(value, int):
+                return value
+        return 0
+
+
+def _single(prompts: list[torch.Tensor]) -> list[torch.Tensor]:
+    if len(prompts) != 1:
+        raise InvalidArgumentError(f"submit takes one sequence, got {len(prompts)} rows; submit each row")
+    return prompts
+
+
+def _row_seeds(seed: Any, rows: int) -> list[int | None]:
+    if seed is None:
+        return [None] * rows
+    if isinstance(seed, (list, tuple)):
+        if len(seed) != rows:
+            raise InvalidArgumentError(f"seed has {len(seed)} entries but the batch has {rows} rows")
+        return list(seed)
+    if isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0:
+        return [seed + r for r in range(rows)]
+    return [seed] * rows  # resolve_params names the problem
+
+
+def _batch_output(outputs: list[SpecOutput], width: int, pad_id: int, forwards: int) -> SpecOutput:
+    """Rows laid out like HF generate on a left-padded batch (see :class:`SpecOutput`)."""
+    new = [int(o.sequences.shape[1]) - o.stats.prompt_tokens for o in outputs]
+    device = outputs[0].sequences.device
+    sequences = torch.full((len(outputs), width + max(new)), pad_id, dtype=torch.long, device=device)
+    for r, output in enumerate(outputs):
+        prompt_len = output.stats.prompt_tokens
+        sequences[r, width - prompt_len : width + new[r]] = output.sequences[0]
+    row_stats = [o.stats for o in outputs]
+    return SpecOutput(
+        sequences=sequences,
+        stats=SpecStats.total(row_stats, target_forwards=forwards),
+        finish_reason=outputs[0].finish_reason,
+        row_stats=row_stats,
+        finish_reasons=[o.finish_reason for o in outputs],
+    )

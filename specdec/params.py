@@ -55,7 +55,8 @@ class GenerationParams:
         if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
             raise InvalidArgumentError(f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}")
         k = self.num_draft_tokens
-        if k is not None and k != "auto" and not is_policy(k) and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+        bad_int = isinstance(k, bool) or not isinstance(k, int) or k < 1
+        if k is not None and k != "auto" and not is_policy(k) and bad_int:
             raise InvalidArgumentError(
                 "num_draft_tokens must be an integer >= 1, 'auto', None (the drafter's default) "
                 f"or a DraftLengthPolicy, got {k!r}"
@@ -127,7 +128,9 @@ def resolve_params(
     if eos is None and model_generation_config is not None:
         eos = model_generation_config.eos_token_id
     if isinstance(num_draft_tokens, str) and num_draft_tokens != "auto":
-        raise InvalidArgumentError(f"num_draft_tokens must be an integer >= 1, 'auto' or None, got {num_draft_tokens!r}")
+        raise InvalidArgumentError(
+            f"num_draft_tokens must be an integer >= 1, 'auto' or None, got {num_draft_tokens!r}"
+        )
     return GenerationParams(
         max_new_tokens=values["max_new_tokens"],
         do_sample=values["do_sample"],

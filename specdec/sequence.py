@@ -19,7 +19,7 @@ prefill's to :meth:`Sequence.prefilled`, each verify pass's to
 from __future__ import annotations
 
 import time
-from typing import Any, Protocol
+from typing import Protocol
 
 import torch
 from transformers import StoppingCriteriaList
@@ -124,12 +124,17 @@ class Sequence:
 
     # -- one step ----------------------------------------------------------------------------------
 
+    def cancelled(self) -> bool:
+        """True (and finished as ``"cancelled"``) once the cancel flag is set."""
+        if self.finish is None and self.cancel is not None and self.cancel.is_set():
+            self.finish = "cancelled"
+        return self.finish == "cancelled"
+
     def plan(self) -> DraftBlock | None:
         """Choose k and propose; ``None`` when the sequence is finished (budget or cancel)."""
         if self.finish is None and self.new_tokens >= self.max_new:
             self.finish = "length"
-        if self.finish is None and self.cancel is not None and self.cancel.is_set():
-            self.finish = "cancelled"
+        self.cancelled()
         if self.finish is not None:
             return None
         self._plan_started = time.perf_counter()

@@ -10,7 +10,8 @@ prompt, ``put`` each block, ``end()`` once, also when generation fails).
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -75,9 +76,14 @@ class BlockEmitter:
         self.on_block = on_block
         self.on_draft = on_draft
         self.streamer = StreamerSink(streamer) if streamer is not None else None
+        self.listeners: list[BlockCallback] = []
+
+    def listen(self, callback: BlockCallback) -> None:
+        """Also call ``callback(block)`` for every verified block (after the sink and the streamer)."""
+        self.listeners.append(callback)
 
     @classmethod
-    def for_generate(cls, on_tokens: Any, on_draft: TokenCallback | None, streamer: Any) -> "BlockEmitter":
+    def for_generate(cls, on_tokens: Any, on_draft: TokenCallback | None, streamer: Any) -> BlockEmitter:
         on_block, sink_draft = resolve_sink(on_tokens)
         return cls(on_block, on_draft or sink_draft, streamer)
 
@@ -94,6 +100,8 @@ class BlockEmitter:
             self.on_block(block)
         if self.streamer is not None:
             self.streamer.on_block(block)
+        for listener in self.listeners:
+            listener(block)
 
     def close(self) -> None:
         if self.streamer is not None:

@@ -37,7 +37,7 @@ class DraftBlock:
         return int(self.token_ids.shape[0])
 
     @staticmethod
-    def empty(device: torch.device | str = "cpu") -> "DraftBlock":
+    def empty(device: torch.device | str = "cpu") -> DraftBlock:
         return DraftBlock(torch.empty(0, dtype=torch.long, device=device))
 
 
@@ -132,6 +132,22 @@ class SpecStats:
         for i in range(num_accepted):
             self.accepted_per_position[i] += 1
 
+    @classmethod
+    def total(cls, rows: list[SpecStats], *, target_forwards: int) -> SpecStats:
+        """The sum over rows; ``target_forwards`` counts shared forward passes once, ``wall_time_s`` is the longest."""
+        total = cls(target_forwards=target_forwards)
+        width = max((len(r.drafted_per_position) for r in rows), default=0)
+        total.drafted_per_position = [0] * width
+        total.accepted_per_position = [0] * width
+        for r in rows:
+            for name in ("prompt_tokens", "new_tokens", "steps", "drafted", "accepted", "tested"):
+                setattr(total, name, getattr(total, name) + getattr(r, name))
+            for i, (d, a) in enumerate(zip(r.drafted_per_position, r.accepted_per_position, strict=False)):
+                total.drafted_per_position[i] += d
+                total.accepted_per_position[i] += a
+            total.wall_time_s = max(total.wall_time_s, r.wall_time_s)
+        return total
+
     def as_dict(self) -> dict:
         return {
             "prompt_tokens": self.prompt_tokens,
@@ -153,8 +169,19 @@ class SpecStats:
 
 @dataclass
 class SpecOutput:
-    """What :meth:`SpeculativeGenerator.generate` returns."""
+    """What :meth:`SpeculativeGenerator.generate` returns.
 
-    sequences: torch.Tensor  # LongTensor [1, prompt_len + new_len], as HF generate returns
+    For one sequence ``sequences`` is [1, prompt_len + new_len]. For a batch
+    it is [batch, width + max_new_len] laid out like HF ``generate`` on a
+    left-padded batch: each row is left padding, its prompt, its new tokens,
+    then ``pad_token_id`` up to the width (``width`` is the input's width).
+    ``stats`` sums the rows (``target_forwards`` counts shared passes once),
+    ``row_stats[r]`` and ``finish_reasons[r]`` are row ``r``'s own, and
+    ``finish_reason`` is row 0's.
+    """
+
+    sequences: torch.Tensor  # LongTensor [batch, length]
     stats: SpecStats
     finish_reason: FinishReason = "length"
+    row_stats: list[SpecStats] = field(default_factory=list)
+    finish_reasons: list[FinishReason] = field(default_factory=list)

@@ -46,7 +46,7 @@ BAD_CALLS = [
     ("fully masked prompt", dict(attention_mask="zeros"), "empty"),
     ("float prompt", dict(input_ids=torch.rand(1, 4)), "integers"),
     ("token outside the vocabulary", dict(input_ids=torch.tensor([[3, 4, 100_000]])), "vocabulary"),
-    ("batch of two", dict(input_ids="batch2"), "batch size 2"),
+    ("batch over the row limit", dict(input_ids="batch65"), "65 rows"),
     ("max_new_tokens 0", dict(max_new_tokens=0), "max_new_tokens"),
     ("max_new_tokens negative", dict(max_new_tokens=-3), "max_new_tokens"),
     ("max_new_tokens float", dict(max_new_tokens=2.5), "max_new_tokens"),
@@ -72,8 +72,8 @@ def test_bad_call_raises_and_generator_stays_usable(description, kwargs, pattern
     gen, input_ids, reference = setup
     kwargs = dict(kwargs)
     call_ids = kwargs.pop("input_ids", input_ids)
-    if isinstance(call_ids, str) and call_ids == "batch2":
-        call_ids = input_ids.repeat(2, 1)
+    if isinstance(call_ids, str) and call_ids == "batch65":
+        call_ids = input_ids.repeat(65, 1)
     if kwargs.get("attention_mask") == "zeros":
         kwargs["attention_mask"] = torch.zeros_like(input_ids)
     with pytest.raises(InvalidArgumentError, match=pattern) as info:

@@ -283,6 +283,7 @@ def test_each_block_reaches_the_sink_before_the_next_step(kind, tiny_lm, prompt,
     propose, update = drafter.propose, drafter.update
     drafter.propose = lambda n: (events.append(("propose",)), propose(n))[1]
     drafter.update = lambda ids, n: (events.append(("update", list(ids))), update(ids, n))[1]
+    gen = SpeculativeGenerator(target, drafter)  # its construction probe runs forwards too: count after it
     counter = _CountForwards(target)
     seen_forwards = []
 
@@ -291,9 +292,7 @@ def test_each_block_reaches_the_sink_before_the_next_step(kind, tiny_lm, prompt,
         seen_forwards.append(counter.count)
 
     try:
-        out = SpeculativeGenerator(target, drafter).generate(
-            input_ids, max_new_tokens=NEW_TOKENS, num_draft_tokens=3, on_tokens=sink
-        )
+        out = gen.generate(input_ids, max_new_tokens=NEW_TOKENS, num_draft_tokens=3, on_tokens=sink)
     finally:
         counter.handle.remove()
     assert out.sequences.tolist() == reference.tolist()

@@ -1,0 +1,157 @@
+"""The target model over many rows at once, on the cache specdec owns (:mod:`specdec.kv`).
+
+:class:`BatchedTarget` runs one forward pass over a set of *segments* (row,
+first position, token ids) and returns, per segment, the logits of the
+positions it asked for. Each row's positions go to the model as
+``position_ids`` and its visibility as a 4-D additive attention mask, so rows
+of different lengths, prefill chunks and verify blocks share the pass.
+
+Models are checked at construction: besides :func:`~specdec.cache.check_rollback_support`,
+the model's forward must take ``position_ids``, ``attention_mask`` and a cache,
+and its attention implementation must accept a 4-D mask (``eager`` and
+``sdpa`` do; ``flash_attention_*`` and ``flex_attention`` do not). A probe
+then runs a short sequence through the cache in two pieces and compares it
+with one plain forward: a model that ignores the mask or the positions is
+refused with the measured difference.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedModel
+
+from .cache import CausalLMAdapter, text_config
+from .errors import UnsupportedModelError
+from .kv import READ_QUANTUM, RowKVCache, build_plan
+
+__all__ = ["BatchedTarget", "Segment"]
+
+_MASKABLE_ATTENTION = ("eager", "sdpa")
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Tokens one row brings to a forward pass."""
+
+    row: int  # buffer row
+    start: int  # logical position of token_ids[0]
+    token_ids: torch.Tensor  # LongTensor [n], n >= 1
+    logits: bool = True  # False: a prefill chunk, no logits wanted
+
+
+class BatchedTarget:
+    """A causal LM whose forward passes run over ragged rows of :class:`RowKVCache`."""
+
+    def __init__(self, model: PreTrainedModel, *, max_rows: int = 1, max_len: int = 256) -> None:
+        self.single = CausalLMAdapter(model)  # the checks, device, vocabulary and context length
+        self.model = model
+        self.device = self.single.device
+        self.vocab_size = self.single.vocab_size
+        self.context_length = self.single.context_length
+        name = type(model).__name__
+        params = inspect.signature(model.forward).parameters
+        for needed in ("position_ids", "attention_mask"):
+            if needed not in params:
+                raise UnsupportedModelError(f"{name}.forward takes no `{needed}`: specdec passes positions and masks")
+        self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
+        self._keeps_logits = "logits_to_keep" in params
+        config = text_config(model)
+        attention = getattr(model.config, "_attn_implementation", None) or "eager"
+        if attention not in _MASKABLE_ATTENTION:
+            raise UnsupportedModelError(
+                f"{name} uses attn_implementation={attention!r}, which cannot take a custom 4-D attention mask; "
+                f"load it with attn_implementation='sdpa' or 'eager'"
+            )
+        layer_types = getattr(config, "layer_types", None)
+        window = getattr(config, "sliding_window", None)
+        if layer_types is not None:
+            # Models with per-layer attention types take a {layer_type: mask} dict.
+            self._windows = {kind: (window if kind == "sliding_attention" else None) for kind in set(layer_types)}
+        else:
+            self._windows = {None: window if isinstance(window, int) and window > 0 else None}
+        self._dtype = next(model.parameters()).dtype
+        self.cache = RowKVCache(int(config.num_hidden_layers), max_rows, max_len)
+        self._probe()
+
+    @property
+    def max_rows(self) -> int:
+        return self.cache.max_rows
+
+    @property
+    def max_len(self) -> int:
+        return self.cache.max_len
+
+    def check_layers(self, layers: tuple[int, ...]) -> None:
+        """Raise unless the hidden states of ``layers`` (HF ``output_hidden_states`` ids) can be captured."""
+        self.single.check_layers(layers)
+
+    def capture(self, layers: tuple[int, ...] | None) -> None:
+        """Record ``layers``' hidden states in every forward from now on (``None``: stop, remove the hooks)."""
+        self.single.capture(layers)
+
+    def hidden_states(self, row: int, length: int) -> torch.Tensor:
+        """``[length, layers, hidden]``: buffer row ``row``'s first ``length`` positions in the last forward."""
+        return self.single.captured(row)[:length]
+
+    def ensure(self, max_rows: int, max_len: int) -> None:
+        """Room for ``max_rows`` rows of ``max_len`` positions each (rounded up)."""
+        quantum = 4 * READ_QUANTUM
+        self.cache.ensure(max_rows, -(-max_len // quantum) * quantum)
+
+    @torch.inference_mode()
+    def forward(self, segments: list[Segment]) -> list[torch.Tensor | None]:
+        """One pass over ``segments`` (distinct rows); per segment FloatTensor [n, vocab], or None without logits."""
+        rows = max(s.row for s in segments) + 1
+        starts, lengths = [0] * rows, [0] * rows
+        for s in segments:
+            starts[s.row], lengths[s.row] = s.start, int(s.token_ids.shape[0])
+        width = max(lengths)
+        input_ids = torch.zeros(rows, width, dtype=torch.long, device=self.device)
+        for s in segments:
+            input_ids[s.row, : lengths[s.row]] = s.token_ids.to(self.device)
+        plan = self.cache.plan
+        build_plan(
+            plan, starts, lengths, max_len=self.cache.max_len, windows=set(self._windows.values()),
+            dtype=self._dtype, device=self.device,
+        )
+        if list(self._windows) == [None]:
+            mask = plan.masks[self._windows[None]]
+        else:
+            mask = {kind: plan.masks[window] for kind, window in self._windows.items()}
+        kwargs = {self._cache_kwarg: self.cache, "use_cache": True}
+        wanted = max((lengths[s.row] for s in segments if s.logits), default=0)
+        if self._keeps_logits:
+            kwargs["logits_to_keep"] = torch.arange(max(wanted, 1), device=self.device)
+        outputs = self.model(input_ids=input_ids, position_ids=plan.positions, attention_mask=mask, **kwargs)
+        logits = outputs.logits  # [rows, width or wanted, vocab]
+        return [logits[s.row, : lengths[s.row]] if s.logits else None for s in segments]
+
+    def _probe(self) -> None:
+        """Check on a short sequence that pieces through the cache equal one plain forward."""
+        length = 12
+        window = max((w for w in self._windows.values() if w is not None), default=None)
+        if window is not None and window + 4 <= 64:
+            length = max(length, window + 4)
+        if self.context_length is not None:
+            length = min(length, self.context_length)
+        vocab = self.vocab_size
+        ids = (torch.arange(length, device=self.device) * 7 + 3) % vocab  # LongTensor [length]
+        with torch.inference_mode():
+            plain = self.model(input_ids=ids[None]).logits[0].float()  # [length, vocab]
+            self.ensure(2, length + 1)
+            split = length // 2
+            first = self.forward([Segment(0, 0, ids[:split]), Segment(1, 0, ids[: split + 1])])
+            second = self.forward([Segment(0, split, ids[split:]), Segment(1, split + 1, ids[split + 1 :])])
+        ours = torch.cat([first[0], second[0]]).float()
+        other = torch.cat([first[1], second[1]]).float()
+        scale = plain.abs().max().clamp(min=1e-6)
+        error = float(max((ours - plain).abs().max(), (other - plain).abs().max()) / scale)
+        tolerance = 1e-3 if self._dtype in (torch.float32, torch.float64) else 5e-2
+        if not error <= tolerance:
+            raise UnsupportedModelError(
+                f"{type(self.model).__name__} does not honour position_ids and a custom 4-D attention mask "
+                f"(a probe through specdec's cache differs from a plain forward by {error:.2e} relative)"
+            )
