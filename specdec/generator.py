@@ -53,9 +53,13 @@ class SpeculativeGenerator:
         out.stats.acceptance_rate
 
     The output is the target's own: token for token with greedy decoding, and
-    in distribution when sampling. One generator serves one generation at a
-    time (it owns the target's KV cache).
+    in distribution when sampling. Several threads may call ``generate`` at
+    once (the streaming hub and the servers do): their rows join the one
+    engine and share its forward passes (``concurrent_generate``).
     """
+
+    #: ``generate`` may run in several threads at once; their rows share the engine's forward passes.
+    concurrent_generate = True
 
     def __init__(
         self,

@@ -13,7 +13,8 @@ The rooms, each depending only on those below it (no class reads another's
 underscored attributes):
 
 - :mod:`.hub` (this module): validates ``start``'s arguments, numbers nothing, owns the streams by id,
-  one lock per generator, and each finished stream's retention timer;
+  one lock per generator (none for a generator with `concurrent_generate`, whose streams share one
+  engine and its forward passes), and each finished stream's retention timer;
 - :mod:`.stream`: one generation thread, its outbox and its :class:`.Stream` API (``subscribe``, ``result``,
   ``cancel``);
 - :mod:`._emitter`: the generator's sink, turning ``on_block`` / ``on_draft`` calls into numbered,
@@ -250,6 +251,8 @@ class StreamHub:
     # -- internals ----------------------------------------------------------------------
 
     def _generator_lock(self, gen: Any) -> threading.Lock:
+        if getattr(gen, "concurrent_generate", False):
+            return threading.Lock()  # its generate calls share one engine: no serialization across streams
         with self._locks_lock:
             try:
                 lock = self._locks.get(gen)

@@ -90,6 +90,8 @@ def run_server(
         settings = HttpSettings(
             model_name=model_name, draft_name=draft_name, max_tokens_cap=max_tokens_cap,
             default_max_tokens=min(256, max_tokens_cap),
+            # a generator whose generate calls share one engine serves several requests per forward pass
+            concurrency=8 if getattr(generator, "concurrent_generate", False) else 1,
         )  # fmt: skip
     alongside = None
     if broker is not None:
