@@ -31,6 +31,7 @@ _LAZY = {
     "SpeculativeGenerator": ".generator",
     "TokenSink": ".generator",
     "LogitsShaper": ".logits",
+    "load_model": ".models",
     "DraftBlock": ".types",
     "FinishReason": ".finish",
     "SpecOutput": ".types",
@@ -47,6 +48,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from .drafter import DraftContext, Drafter, HiddenStateDrafter
     from .generator import SpeculativeGenerator, TokenSink
     from .logits import LogitsShaper
+    from .models import load_model
     from .policy import DraftLengthPolicy, FixedDraftLength
     from .types import DraftBlock, FinishReason, SpecOutput, SpecStats, VerifiedBlock, VerifyResult
     from .verify import greedy_verify, speculative_sample
@@ -95,6 +97,7 @@ __all__ = [
     "VocabularyMismatchError",
     "check_rollback_support",
     "greedy_verify",
+    "load_model",
     "speculative_sample",
     "__version__",
 ]
