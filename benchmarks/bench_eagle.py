@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for system in systems:
         per_prompt = [statistics.median(t) for t in times[system]]
-        ratios = [statistics.median([a / b for a, b in zip(times["target"][i], times[system][i])])
+        ratios = [statistics.median([a / b for a, b in zip(times["target"][i], times[system][i], strict=False)])
                   for i in range(len(held_out))]  # fmt: skip
         row = {"system": system, "median_s_per_prompt": statistics.median(per_prompt),
                "tokens_per_s": args.max_new_tokens / statistics.median(per_prompt),

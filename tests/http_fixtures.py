@@ -37,7 +37,7 @@ CHAT_TEMPLATE = (
 )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tiny_tokenizer() -> PreTrainedTokenizerFast:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -51,7 +51,7 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
     return out
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tiny_model() -> LlamaForCausalLM:
     """2 layers, hidden 32; no EOS, so every generation runs to max_tokens (or a stop string)."""
     config = LlamaConfig(

@@ -325,7 +325,7 @@ def test_fifty_concurrent_streaming_clients(server, model_dir):
             return await asyncio.gather(*(one(http, p) for p in prompts))
 
     texts = asyncio.run(main())
-    for prompt, text in zip(prompts, texts):
+    for prompt, text in zip(prompts, texts, strict=False):
         assert text == reference_text(prompt_ids(prompt), budget), prompt
     assert server.alive() and httpx.get(server.url + "/health").json()["open_streams"] == 0
     metrics = httpx.get(server.url + "/metrics").text
@@ -467,7 +467,7 @@ def test_http_and_mqtt_alongside_share_one_generator(model_dir, tmp_path):
     try:
         texts = asyncio.run(main())
         prompts = ["the quick brown", "the lazy dog", "héllo wörld", "a stream of"]
-        for prompt, text in zip(prompts, texts):
+        for prompt, text in zip(prompts, texts, strict=False):
             assert text == reference_text(prompt_ids(prompt), budget), prompt
     finally:
         srv.stop()

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import io
-import queue
 
 import pytest
-from _streaming_fixtures import FakeGenerator, byte_level_tokenizer, run, stream_threads, tiny_llama
 from transformers import TextIteratorStreamer, TextStreamer
 
-from specdec.drafts import NGramDrafter
 from specdec import SpeculativeGenerator
+from specdec.drafts import NGramDrafter
 from specdec.streaming import (
     BlockingHub,
     CommitEvent,
@@ -23,6 +21,8 @@ from specdec.streaming import (
     render_stream,
 )
 from specdec.streaming.terminal import CLEAR_TO_EOL, DIM, RESTORE_CURSOR, SAVE_CURSOR
+
+from _streaming_fixtures import FakeGenerator, byte_level_tokenizer, run, stream_threads, tiny_llama
 
 PROMPT = "héllo wörld 日本語 🙂 the lazy dog"
 

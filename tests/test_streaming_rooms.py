@@ -7,7 +7,9 @@ import asyncio
 import typing
 
 import pytest
-from _streaming_fixtures import byte_level_tokenizer, run
+
+import specdec
+from specdec import InvalidArgumentError, SpecDecError, SpecOutput, SpecStats, VerifiedBlock
 from specdec.streaming import (
     CommitEvent,
     EndEvent,
@@ -29,8 +31,7 @@ from specdec.streaming._emitter import Emitter, Finish
 from specdec.streaming._fanout import FanoutBudget
 from specdec.streaming.mqtt import errors as mqtt_errors
 
-import specdec
-from specdec import InvalidArgumentError, SpecDecError, SpecOutput, SpecStats, VerifiedBlock
+from _streaming_fixtures import byte_level_tokenizer, run
 
 SID = "rooms"
 

@@ -11,9 +11,10 @@ a folder without it is incomplete and is rebuilt.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -96,7 +97,7 @@ class HiddenStateData:
         return len(self.offsets)
 
     @staticmethod
-    def open(folder: str | Path) -> "HiddenStateData | None":
+    def open(folder: str | Path) -> HiddenStateData | None:
         index = Path(folder) / "index.json"
         if not index.is_file():
             return None
@@ -168,7 +169,7 @@ def build_data(
 
 def _num_layers(target: PreTrainedModel) -> int:
     text = target.config.get_text_config(decoder=True) if hasattr(target.config, "get_text_config") else target.config
-    return int(getattr(text, "num_hidden_layers", None) or getattr(text, "n_layer"))
+    return int(getattr(text, "num_hidden_layers", None) or text.n_layer)
 
 
 def _pad_id(target: PreTrainedModel, tokenizer: Any) -> int | None:

@@ -128,7 +128,7 @@ class HeadKV:
     length: int = 0
 
     @staticmethod
-    def empty(config: EagleHeadConfig, *, device, dtype, capacity: int = 256) -> "HeadKV":
+    def empty(config: EagleHeadConfig, *, device, dtype, capacity: int = 256) -> HeadKV:
         shape = (config.num_key_value_heads, capacity, config.head_dim)
         return HeadKV(torch.empty(shape, device=device, dtype=dtype), torch.empty(shape, device=device, dtype=dtype))
 

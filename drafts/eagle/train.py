@@ -22,9 +22,10 @@ import math
 import platform
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -125,7 +126,7 @@ def _check_resources(target: PreTrainedModel, config: EagleHeadConfig, n_prompts
 def _head_config(target: PreTrainedModel, cfg: TrainConfig, layers: tuple[int, ...]) -> EagleHeadConfig:
     hidden, vocab, _ = target_shape(target)
     text = target.config.get_text_config(decoder=True) if hasattr(target.config, "get_text_config") else target.config
-    heads = int(getattr(text, "num_attention_heads", None) or getattr(text, "n_head"))
+    heads = int(getattr(text, "num_attention_heads", None) or text.n_head)
     kv = int(getattr(text, "num_key_value_heads", None) or heads)
     rope = getattr(text, "rope_parameters", None) or {}
     return EagleHeadConfig(

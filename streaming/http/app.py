@@ -19,8 +19,9 @@ import asyncio
 import contextlib
 import json
 import time
+from collections.abc import AsyncIterator
 from importlib import resources
-from typing import Any, AsyncIterator
+from typing import Any
 
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.applications import Starlette
@@ -29,8 +30,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from ..events import event_to_dict
 from .. import StreamExpiredError, UnknownStreamError
+from ..events import event_to_dict
 from .metrics import CONTENT_TYPE_LATEST
 from .protocol import ApiError, parse_request
 from .responses import ChunkMaker

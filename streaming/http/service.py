@@ -17,14 +17,15 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator
+from typing import Any
 
 import torch
 from transformers import StoppingCriteriaList
 
-from ..events import CommitEvent, EndEvent, ErrorEvent, ProvisionalEvent
 from .. import StreamHub
+from ..events import CommitEvent, EndEvent, ErrorEvent, ProvisionalEvent
 from .metrics import Metrics
 from .protocol import ApiError, CompletionRequest
 from .settings import HttpSettings
@@ -147,7 +148,7 @@ class Frontend:
             try:
                 ids = tok.apply_chat_template(request.messages, add_generation_prompt=True, tokenize=True)
             except Exception as exc:  # noqa: BLE001 - a template may reject a message order
-                raise ApiError(400, f"the chat template rejected the messages: {str(exc)[:300]}", param="messages")
+                raise ApiError(400, f"the chat template rejected the messages: {str(exc)[:300]}", param="messages") from exc
             if hasattr(ids, "keys"):
                 ids = ids["input_ids"]
         else:

@@ -20,7 +20,8 @@ Example (stop ``"END"``): deltas ``"ab"``, ``"cE"``, ``"ND more"`` release
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from transformers import StoppingCriteria
