@@ -233,7 +233,9 @@ def summarise(samples: dict, clients: list[int], args: argparse.Namespace) -> di
             row[label] = {"ttft_p50_ms": 1e3 * percentile(ttft, 50), "ttft_p99_ms": 1e3 * percentile(ttft, 99),
                           "itl_p50_ms": 1e3 * percentile(itl, 50), "itl_p99_ms": 1e3 * percentile(itl, 99),
                           "tokens_per_s": statistics.median(run["tokens_per_s"] for run in runs)}  # fmt: skip
-        row["share"] = statistics.median(h["tokens_per_s"] / i["tokens_per_s"] for h, i in zip(remote, local, strict=False))
+        row["share"] = statistics.median(
+            h["tokens_per_s"] / i["tokens_per_s"] for h, i in zip(remote, local, strict=False)
+        )
         row["p99_itl_added_ms"] = row["http"]["itl_p99_ms"] - row["inproc"]["itl_p99_ms"]
         row["texts_equal"] = all(h["texts"] == i["texts"] for h, i in zip(remote, local, strict=False))
         report["rows"].append(row)

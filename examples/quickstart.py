@@ -18,7 +18,9 @@ messages = [{"role": "user", "content": f"{document}\n\nWhen did the lamp become
 input_ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")["input_ids"]
 
 generator = SpeculativeGenerator(model, NGramDrafter())
-out = generator.generate(input_ids, max_new_tokens=64, on_tokens=lambda step, ids: print(tokenizer.decode(ids), end="", flush=True))
+out = generator.generate(
+    input_ids, max_new_tokens=64, on_tokens=lambda step, ids: print(tokenizer.decode(ids), end="", flush=True)
+)
 print()
 print(f"{out.stats.new_tokens} tokens, {out.stats.steps} target steps, acceptance {out.stats.acceptance_rate:.0%}")
 

@@ -210,7 +210,9 @@ def check_model_arguments(args: argparse.Namespace) -> None:
 
 
 def _is_hub_id(reference: str) -> bool:
-    return reference not in (*checks.DEFAULT_ALIASES, *checks.DRAFTER_NAMES) and not Path(reference).expanduser().exists()
+    return (
+        reference not in (*checks.DEFAULT_ALIASES, *checks.DRAFTER_NAMES) and not Path(reference).expanduser().exists()
+    )
 
 
 def _prepare(args: argparse.Namespace) -> tuple[Any, Any, Any]:

@@ -147,7 +147,8 @@ def start_cli_server(model_dir: Path, log: Path) -> Server:
     """``specdec serve --http`` on the saved model (float32, CPU, n-gram drafter)."""
     port = free_port()
     args = [sys.executable, "-m", "specdec.cli", "serve", "--target", str(model_dir), "--dtype", "float32",
-            "--device", "cpu", "--draft", "ngram", "--num-draft-tokens", "4", "--http", f"127.0.0.1:{port}"]  # fmt: skip
+            "--device", "cpu", "--draft", "ngram", "--num-draft-tokens", "4",
+            "--http", f"127.0.0.1:{port}"]  # fmt: skip
     return Server(args, port, log)
 
 

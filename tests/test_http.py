@@ -331,7 +331,8 @@ def test_fifty_concurrent_streaming_clients(server, model_dir):
     metrics = httpx.get(server.url + "/metrics").text
     for name in ("specdec_time_to_first_token_seconds_bucket", "specdec_inter_token_latency_seconds_bucket",
                  "specdec_acceptance_ratio_bucket", "specdec_queue_depth", "specdec_drafted_tokens_total",
-                 "specdec_accepted_tokens_total", 'specdec_http_requests_total{endpoint="/v1/completions",status="200"}'):  # fmt: skip
+                 "specdec_accepted_tokens_total",
+                 'specdec_http_requests_total{endpoint="/v1/completions",status="200"}'):  # fmt: skip
         assert name in metrics, name
 
 
@@ -364,7 +365,9 @@ def test_open_stream_limit_answers_429(model_dir, tmp_path):
 def _chromium():
     import shutil
 
-    browser = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
+    browser = next(
+        (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None
+    )
     driver = shutil.which("chromedriver")
     if browser is None or driver is None:
         pytest.skip(

@@ -282,7 +282,9 @@ def test_one_error_tree_under_specdec_error():
                 mqtt_errors.ConnectionLostError):
         assert issubclass(cls, mqtt_errors.MqttLayerError) and issubclass(cls, StreamingError)
     error = mqtt_errors.WorkerLostError("gone", retryable=True, stream_id="s")
-    assert (error.code, error.message, error.retryable, str(error)) == ("worker_lost", "gone", True, "[worker_lost] gone")
+    assert (error.code, error.message, error.retryable, str(error)) == (
+        "worker_lost", "gone", True, "[worker_lost] gone"
+    )
     with pytest.raises(EventDecodeError):
         event_from_dict({"v": 1, "type": "nope"})
 

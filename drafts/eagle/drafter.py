@@ -125,7 +125,8 @@ class EagleDrafter:
         for i in range(k):
             if shaper.do_sample or shaper.reads_history:
                 scores = shaper.scores(
-                    history if history is not None else self._no_history(), to_target_logits(logits, self._target_ids, vocab)
+                    history if history is not None else self._no_history(),
+                    to_target_logits(logits, self._target_ids, vocab),
                 )
                 if shaper.reads_history and not bool(torch.isfinite(scores).any()):
                     break  # the processors banned every draft-vocabulary token here

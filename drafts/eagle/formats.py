@@ -38,7 +38,8 @@ from .head import EagleHead, EagleHeadConfig
 from .vocab import check_d2t
 
 __all__ = [
-    "HeadFormatError", "HeadMismatchError", "load_head", "save_speculators", "detect_format", "is_head_folder", "FORMATS",
+    "HeadFormatError", "HeadMismatchError", "load_head", "save_speculators", "detect_format", "is_head_folder",
+    "FORMATS",
 ]
 
 FORMATS = ("eagle3", "speculators", "eagle1")
@@ -174,7 +175,9 @@ def check_fits(config: EagleHeadConfig, target: PreTrainedModel) -> None:
     target_hidden, target_vocab, target_layers = target_shape(target)
     problems = []
     if config.target_hidden_size != target_hidden:
-        problems.append(f"the head reads hidden states of size {config.target_hidden_size}, the target's are {target_hidden}")
+        problems.append(
+            f"the head reads hidden states of size {config.target_hidden_size}, the target's are {target_hidden}"
+        )
     if config.vocab_size != target_vocab:
         problems.append(f"the head's vocabulary has {config.vocab_size} tokens, the target's {target_vocab}")
     bad = [i for i in config.target_layers if not 0 <= i <= target_layers]

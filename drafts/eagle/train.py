@@ -272,7 +272,12 @@ def train(
     step = _resume(work / "checkpoint.pt", head, optimizer, config, head_config)
 
     def learning_rate(s: int) -> float:  # linear warmup, cosine decay; a pure function of the step (resumable)
-        return config.learning_rate * min(1.0, (s + 1) / max(config.warmup_steps, 1)) * 0.5 * (1 + math.cos(math.pi * s / total))
+        return (
+            config.learning_rate
+            * min(1.0, (s + 1) / max(config.warmup_steps, 1))
+            * 0.5
+            * (1 + math.cos(math.pi * s / total))
+        )
 
     head.train()
     seen_tokens, t0 = 0, time.perf_counter()
@@ -376,7 +381,8 @@ def _write_card(out_dir: Path, result: TrainResult, config: TrainConfig, head_co
         f"- Head: layers {list(head_config.target_layers)}, draft vocabulary {head_config.draft_vocab_size} "
         f"of {head_config.vocab_size}",
         f"- Held-out greedy acceptance (k={config.num_draft_tokens}): conditional "
-        f"{acc.get('conditional_acceptance', float('nan')):.3f}, per drafted token {acc.get('acceptance_rate', float('nan')):.3f}, "
+        f"{acc.get('conditional_acceptance', float('nan')):.3f}, "
+        f"per drafted token {acc.get('acceptance_rate', float('nan')):.3f}, "
         f"{acc.get('mean_accepted_per_step', float('nan')):.2f} tokens per target step",
         "",
     ]

@@ -259,7 +259,9 @@ class _CountRequests:
             await self.app(scope, receive, send)
             return
         path = scope.get("path", "")
-        label = path if path in _ROUTE_LABELS else "/v1/streams/{id}/events" if path.startswith("/v1/streams/") else "other"
+        label = (
+            path if path in _ROUTE_LABELS else "/v1/streams/{id}/events" if path.startswith("/v1/streams/") else "other"
+        )
 
         async def counting_send(message: Any) -> None:
             if message["type"] == "http.response.start":

@@ -144,11 +144,15 @@ class Frontend:
             return list(request.prompt_ids)
         if request.messages is not None:
             if not getattr(tok, "chat_template", None):
-                raise ApiError(400, "this model's tokenizer has no chat template; use /v1/completions", param="messages")
+                raise ApiError(
+                    400, "this model's tokenizer has no chat template; use /v1/completions", param="messages"
+                )
             try:
                 ids = tok.apply_chat_template(request.messages, add_generation_prompt=True, tokenize=True)
             except Exception as exc:  # noqa: BLE001 - a template may reject a message order
-                raise ApiError(400, f"the chat template rejected the messages: {str(exc)[:300]}", param="messages") from exc
+                raise ApiError(
+                    400, f"the chat template rejected the messages: {str(exc)[:300]}", param="messages"
+                ) from exc
             if hasattr(ids, "keys"):
                 ids = ids["input_ids"]
         else:
@@ -160,7 +164,9 @@ class Frontend:
 
     # ------------------------------------------------------------------ runs
 
-    async def run(self, request: CompletionRequest, prompt_ids: list[int], admission: Admission) -> AsyncIterator[Piece]:
+    async def run(
+        self, request: CompletionRequest, prompt_ids: list[int], admission: Admission
+    ) -> AsyncIterator[Piece]:
         """Generate for ``request``; yields :class:`Piece`\\ s, the last one ``end`` (or ``error`` then ``end``).
 
         Gives ``admission`` back when the generation is over. Leaving early
