@@ -14,7 +14,7 @@ import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -139,7 +139,7 @@ def build_data(
         return existing
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "index.json").unlink(missing_ok=True)
-    vocab = int(target.get_input_embeddings().weight.shape[0])
+    vocab = int(cast(torch.Tensor, target.get_input_embeddings().weight).shape[0])
     counts = torch.zeros(vocab, dtype=torch.long)
     offsets, lengths, offset, hidden = [], [], 0, 0
     device = next(target.parameters()).device
@@ -147,7 +147,7 @@ def build_data(
         for prompt in prompts:
             input_ids = encode_prompt(tokenizer, prompt, chat).to(device)
             with torch.inference_mode():
-                sequence = target.generate(
+                sequence = target.generate(  # type: ignore[operator]  # generate comes from GenerationMixin
                     input_ids, attention_mask=torch.ones_like(input_ids), do_sample=False,
                     max_new_tokens=max_new_tokens, pad_token_id=_pad_id(target, tokenizer),
                 )[0]  # fmt: skip

@@ -15,6 +15,8 @@ computed from them::
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 
 from specdec import DraftBlock, DraftContext, InvalidArgumentError
@@ -115,7 +117,7 @@ class EagleDrafter:
     # ------------------------------------------------------------------ drafting
 
     def _chain(self, hidden: torch.Tensor, logits: torch.Tensor, k: int, context: DraftContext) -> DraftBlock:
-        shaper, vocab = context.shaper, self.vocab_size
+        shaper, vocab = context.shaper, cast(int, self.vocab_size)  # always set from the head config
         history = (
             torch.tensor(self._committed, dtype=torch.long, device=self._device) if shaper.reads_history else None
         )

@@ -25,7 +25,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -220,7 +220,7 @@ def train(
     arguments resumes from the last checkpoint.
     """
     started = time.perf_counter()
-    prompts = list(prompts)
+    prompts = cast("Sequence[str] | Sequence[list[int]]", list(prompts))
     if not prompts:
         raise InvalidArgumentError("no prompts: pass at least one training prompt (and the held-out ones)")
     if len(prompts) <= config.held_out:
@@ -260,7 +260,7 @@ def train(
     lm_bias = lm.bias.detach().to("cpu", torch.float32) if getattr(lm, "bias", None) is not None else None
     with torch.no_grad():
         head.d2t.copy_(d2t)
-        head.embed_tokens.weight.copy_(target.get_input_embeddings().weight.detach().float().cpu())
+        head.embed_tokens.weight.copy_(cast(torch.Tensor, target.get_input_embeddings().weight).detach().float().cpu())
         head.lm_head.weight.copy_(lm_weight[head.target_ids])  # start from the target's own output rows
     head.embed_tokens.requires_grad_(False)
     reduced = head_config.draft_vocab_size < head_config.vocab_size
@@ -313,7 +313,7 @@ def train(
             if step % config.checkpoint_every == 0 or step == total:
                 _save_checkpoint(work / "checkpoint.pt", head, optimizer, step, config, head_config)
     head.eval().requires_grad_(False)
-    head = head.to(device=device, dtype=target.get_input_embeddings().weight.dtype)
+    head = head.to(device=device, dtype=cast(torch.Tensor, target.get_input_embeddings().weight).dtype)
     acceptance = evaluate(target, head, encoded_eval, max_new_tokens=config.max_new_tokens,
                           num_draft_tokens=config.num_draft_tokens) if encoded_eval else {}  # fmt: skip
     save_speculators(head, out_dir, verifier=target_name or getattr(target.config, "_name_or_path", "") or "unknown",
