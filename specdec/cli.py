@@ -47,7 +47,7 @@ def make_drafter(spec: str | None, *, target: Any, device: str | None, dtype: An
 
     from .models import load_model
 
-    kwargs = {"num_draft_tokens": num_draft_tokens} if num_draft_tokens else {}
+    kwargs: dict[str, Any] = {"num_draft_tokens": num_draft_tokens} if num_draft_tokens else {}
     if spec in (None, "", "ngram"):
         return NGramDrafter(**kwargs)
     if spec == "self":

@@ -245,7 +245,7 @@ class Frontend:
                     yield Piece(kind="content", text=tail)
                 reason = "stop" if stops.stopped else _FINISH.get(event.finish_reason, event.finish_reason)
                 usage = event.usage
-                steps = 0 if first_step is None else last_step - first_step + 1
+                steps = 0 if first_step is None or last_step is None else last_step - first_step + 1
                 yield Piece(kind="end", finish_reason=reason, usage=_usage(usage, steps))
 
     async def _cancel(self, stream: Any, admission: Admission) -> None:
