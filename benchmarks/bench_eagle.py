@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for system in systems:
         per_prompt = [statistics.median(t) for t in times[system]]
-        ratios = [statistics.median([a / b for a, b in zip(times["target"][i], times[system][i])])
+        ratios = [statistics.median([a / b for a, b in zip(times["target"][i], times[system][i], strict=False)])
                   for i in range(len(held_out))]  # fmt: skip
         row = {"system": system, "median_s_per_prompt": statistics.median(per_prompt),
                "tokens_per_s": args.max_new_tokens / statistics.median(per_prompt),
@@ -177,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     lines = [f"machine: {info['cpu']}, capability {info['cpu_capability']}, {info['threads']} thread(s), "
              f"torch {info['torch']}, load {info['load_avg_at_start'][0]:.1f}",
              f"target: random Llama, hidden {args.hidden}, {args.layers} layers, vocab {args.vocab}, "
-             f"logit scale {args.logit_scale}, float32; head layers {list(layers)}, draft vocab {head.config.draft_vocab_size}",
+             f"logit scale {args.logit_scale}, float32; head layers {list(layers)}, "
+             f"draft vocab {head.config.draft_vocab_size}",
              f"training: {result.steps} steps, {result.train_tokens} tokens, {train_s:.0f} s",
              f"hooks: verify forward x{costs['hooks_over_plain']:.3f} with hooks on 3 layers, "
              f"x{costs['output_hidden_states_over_plain']:.3f} with output_hidden_states",
@@ -185,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
              f"{'system':<12} {'tok/s':>8} {'x target':>9} {'cond. acc.':>10} {'tok/step':>9}"]  # fmt: skip
     for row in rows:
         lines.append(f"{row['system']:<12} {row['tokens_per_s']:>8.1f} {row['speed_vs_target']:>9.2f} "
-                     f"{row.get('conditional_acceptance', float('nan')):>10.3f} {row.get('tokens_per_step', float('nan')):>9.2f}")  # fmt: skip
+                     f"{row.get('conditional_acceptance', float('nan')):>10.3f} "
+                     f"{row.get('tokens_per_step', float('nan')):>9.2f}")  # fmt: skip
     text = "\n".join(lines)
     print(text, flush=True)
     if not args.quick:

@@ -35,9 +35,9 @@ import asyncio
 import json
 import os
 import platform
+import socket
 import statistics
 import subprocess
-import socket
 import sys
 import time
 from pathlib import Path
@@ -137,7 +137,7 @@ async def _gather(one: Any, n: int) -> tuple[float, list[tuple[float, list[float
 def _summarise(run: tuple[float, list[tuple[float, list[float], str]], float], tokens: int) -> dict[str, Any]:
     started, results, ended = run
     ttft = [times[0] - sent for sent, times, _ in results if times]
-    itl = [b - a for _, times, _ in results for a, b in zip(times, times[1:])]
+    itl = [b - a for _, times, _ in results for a, b in zip(times, times[1:], strict=False)]
     return {"ttft": ttft, "itl": itl, "tokens_per_s": tokens * len(results) / (ended - started),
             "texts": [text for _, _, text in results]}  # fmt: skip
 
@@ -233,9 +233,11 @@ def summarise(samples: dict, clients: list[int], args: argparse.Namespace) -> di
             row[label] = {"ttft_p50_ms": 1e3 * percentile(ttft, 50), "ttft_p99_ms": 1e3 * percentile(ttft, 99),
                           "itl_p50_ms": 1e3 * percentile(itl, 50), "itl_p99_ms": 1e3 * percentile(itl, 99),
                           "tokens_per_s": statistics.median(run["tokens_per_s"] for run in runs)}  # fmt: skip
-        row["share"] = statistics.median(h["tokens_per_s"] / i["tokens_per_s"] for h, i in zip(remote, local))
+        row["share"] = statistics.median(
+            h["tokens_per_s"] / i["tokens_per_s"] for h, i in zip(remote, local, strict=False)
+        )
         row["p99_itl_added_ms"] = row["http"]["itl_p99_ms"] - row["inproc"]["itl_p99_ms"]
-        row["texts_equal"] = all(h["texts"] == i["texts"] for h, i in zip(remote, local))
+        row["texts_equal"] = all(h["texts"] == i["texts"] for h, i in zip(remote, local, strict=False))
         report["rows"].append(row)
         a, b = row["inproc"], row["http"]
         print(f"{n:>7} | {a['ttft_p50_ms']:6.0f} / {a['ttft_p99_ms']:6.0f} | {b['ttft_p50_ms']:6.0f} / "

@@ -9,8 +9,8 @@ Run: .venv/bin/python examples/draft_model.py
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from specdec.drafts import ModelDrafter
 from specdec import SpeculativeGenerator
+from specdec.drafts import ModelDrafter
 
 torch.manual_seed(0)
 common = dict(vocab_size=256, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)

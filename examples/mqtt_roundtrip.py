@@ -11,8 +11,8 @@ Run: .venv/bin/python examples/mqtt_roundtrip.py
 
 import asyncio
 
-from specdec.drafts import NGramDrafter
 from specdec import SpeculativeGenerator
+from specdec.drafts import NGramDrafter
 from specdec.models import load_model
 from specdec.streaming.mqtt import StreamClient, new_stream_id, serve
 from specdec.streaming.mqtt.broker import LocalMosquitto

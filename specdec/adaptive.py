@@ -108,7 +108,10 @@ class AcceptanceEstimate:
     total_rejected: int = 0
 
     def observe(self, num_drafted: int, num_accepted: int, *, rejected: bool | None = None) -> None:
-        """One step's outcome; ``rejected`` defaults to ``num_accepted < num_drafted`` (see :meth:`SpecStats.record_step`)."""
+        """One step's outcome; ``rejected`` defaults to ``num_accepted < num_drafted``.
+
+        See :meth:`SpecStats.record_step`.
+        """
         if rejected is None:
             rejected = num_accepted < num_drafted
         rejected = rejected and num_drafted > 0
@@ -287,13 +290,20 @@ class AdaptiveDraftLength:
 
     def choose(self) -> int:
         k = self.best_k()
-        if self.profile.measured and self.explore_every > 0 and self.steps % self.explore_every == self.explore_every - 1:
+        if (
+            self.profile.measured
+            and self.explore_every > 0
+            and self.steps % self.explore_every == self.explore_every - 1
+        ):
             direction = -1 if (self.steps // self.explore_every) % 2 == 0 else 1
             neighbour = k + direction
             if not self.k_min <= neighbour <= self.k_max:
                 neighbour = k - direction
             # Explore only while the neighbour's cost is poorly known: a learned profile costs nothing.
-            if self.k_min <= neighbour <= self.k_max and self.profile.step_count.get(neighbour + 1, 0) < self.explore_samples:
+            if (
+                self.k_min <= neighbour <= self.k_max
+                and self.profile.step_count.get(neighbour + 1, 0) < self.explore_samples
+            ):
                 k = neighbour
         self.chosen.append(k)
         return k

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 from transformers import PreTrainedModel
@@ -117,6 +118,7 @@ class BatchedTarget:
             plan, starts, lengths, max_len=self.cache.max_len, windows=set(self._windows.values()),
             dtype=self._dtype, device=self.device,
         )
+        mask: torch.Tensor | dict[Any, torch.Tensor]
         if list(self._windows) == [None]:
             mask = plan.masks[self._windows[None]]
         else:
@@ -145,8 +147,8 @@ class BatchedTarget:
             split = length // 2
             first = self.forward([Segment(0, 0, ids[:split]), Segment(1, 0, ids[: split + 1])])
             second = self.forward([Segment(0, split, ids[split:]), Segment(1, split + 1, ids[split + 1 :])])
-        ours = torch.cat([first[0], second[0]]).float()
-        other = torch.cat([first[1], second[1]]).float()
+        ours = torch.cat([cast(torch.Tensor, first[0]), cast(torch.Tensor, second[0])]).float()
+        other = torch.cat([cast(torch.Tensor, first[1]), cast(torch.Tensor, second[1])]).float()
         scale = plain.abs().max().clamp(min=1e-6)
         error = float(max((ours - plain).abs().max(), (other - plain).abs().max()) / scale)
         tolerance = 1e-3 if self._dtype in (torch.float32, torch.float64) else 5e-2

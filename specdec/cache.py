@@ -14,6 +14,7 @@ no cache entry is ever evicted, so a rollback can never lose a needed state.
 from __future__ import annotations
 
 import inspect
+from typing import Any, cast
 
 import torch
 from transformers import DynamicCache, PreTrainedModel
@@ -103,7 +104,7 @@ class CausalLMAdapter:
 
     @property
     def num_layers(self) -> int:
-        return int(_num_layers(text_config(self.model)))
+        return int(cast(int, _num_layers(text_config(self.model))))  # int(None) raises, as before
 
     def check_layers(self, layers: tuple[int, ...]) -> None:
         """Raise unless the hidden states of ``layers`` (HF ``output_hidden_states`` ids) can be captured."""
@@ -146,7 +147,7 @@ class CausalLMAdapter:
         """
         if self._cache is None:
             self.reset()
-        kwargs = {self._cache_kwarg: self._cache, "use_cache": True}
+        kwargs: dict[str, Any] = {self._cache_kwarg: self._cache, "use_cache": True}
         if last_only and self._can_keep_last_logits:
             kwargs["logits_to_keep"] = 1
         token_ids = token_ids.to(self.device)

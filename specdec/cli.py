@@ -15,8 +15,9 @@ import argparse
 import os
 import shutil
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from . import cli_checks as checks
 from .errors import InvalidArgumentError, SpecDecError
@@ -46,7 +47,7 @@ def make_drafter(spec: str | None, *, target: Any, device: str | None, dtype: An
 
     from .models import load_model
 
-    kwargs = {"num_draft_tokens": num_draft_tokens} if num_draft_tokens else {}
+    kwargs: dict[str, Any] = {"num_draft_tokens": num_draft_tokens} if num_draft_tokens else {}
     if spec in (None, "", "ngram"):
         return NGramDrafter(**kwargs)
     if spec == "self":
@@ -209,7 +210,9 @@ def check_model_arguments(args: argparse.Namespace) -> None:
 
 
 def _is_hub_id(reference: str) -> bool:
-    return reference not in (*checks.DEFAULT_ALIASES, *checks.DRAFTER_NAMES) and not Path(reference).expanduser().exists()
+    return (
+        reference not in (*checks.DEFAULT_ALIASES, *checks.DRAFTER_NAMES) and not Path(reference).expanduser().exists()
+    )
 
 
 def _prepare(args: argparse.Namespace) -> tuple[Any, Any, Any]:

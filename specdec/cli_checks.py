@@ -73,7 +73,12 @@ def check_draft_length(value: int | str | None) -> None:
 
 def looks_like_path(reference: str) -> bool:
     """Meant as a local path: starts with '/', '.' or '~', ends in .gguf, has a backslash or more than one '/'."""
-    return reference.startswith(("/", ".", "~")) or reference.endswith(".gguf") or "\\" in reference or reference.count("/") > 1
+    return (
+        reference.startswith(("/", ".", "~"))
+        or reference.endswith(".gguf")
+        or "\\" in reference
+        or reference.count("/") > 1
+    )
 
 
 def check_model_reference(reference: str | None, option: str) -> None:
@@ -84,9 +89,13 @@ def check_model_reference(reference: str | None, option: str) -> None:
     path = Path(reference).expanduser()
     if path.exists():
         if path.is_file() and path.suffix != ".gguf":
-            raise InvalidArgumentError(f"{option} {reference}: a file, but not a .gguf; pass a model folder or a .gguf file")
+            raise InvalidArgumentError(
+                f"{option} {reference}: a file, but not a .gguf; pass a model folder or a .gguf file"
+            )
         if path.is_dir() and not (path / "config.json").is_file():
-            raise InvalidArgumentError(f"{option} {reference}: the folder has no config.json, so it is not an HF model folder")
+            raise InvalidArgumentError(
+                f"{option} {reference}: the folder has no config.json, so it is not an HF model folder"
+            )
         return
     if looks_like_path(reference) or not _HUB_ID.match(reference):
         raise InvalidArgumentError(f"{option} {reference}: no such file or folder")
@@ -142,7 +151,9 @@ def check_broker_url(url: str, *, start_broker: bool) -> BrokerAddress:
     address = parse_broker_url(url)
     if start_broker:
         if not address.loopback:
-            raise InvalidArgumentError(f"--start-broker runs a local mosquitto; --broker must be loopback, not {address.host}")
+            raise InvalidArgumentError(
+                f"--start-broker runs a local mosquitto; --broker must be loopback, not {address.host}"
+            )
         if address.scheme != "mqtt":
             raise InvalidArgumentError("--start-broker runs a plain mqtt:// broker; use mqtt://127.0.0.1:PORT")
         if _port_in_use(address.host, address.port):

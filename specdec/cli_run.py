@@ -23,7 +23,9 @@ import sys
 import time
 from typing import Any
 
-__all__ = ["compare_with_target", "encode_prompt", "print_stats", "repeats_itself", "run_generation", "serve_until_signal"]
+__all__ = [
+    "compare_with_target", "encode_prompt", "print_stats", "repeats_itself", "run_generation", "serve_until_signal",
+]
 
 
 def encode_prompt(tokenizer: Any, prompt: str, chat: bool | None, system: str | None) -> Any:
@@ -138,7 +140,9 @@ def compare_with_target(model: Any, input_ids: Any, out: Any, generate_kwargs: d
     reference_new = reference.shape[1] - ids.shape[1]
     target_rate = reference_new / elapsed
     ratio = out.stats.tokens_per_s / target_rate if target_rate > 0 else float("nan")
-    same = "" if sampling else f" | identical tokens: {'yes' if torch.equal(reference.cpu(), out.sequences.cpu()) else 'NO'}"
+    same = ""
+    if not sampling:
+        same = f" | identical tokens: {'yes' if torch.equal(reference.cpu(), out.sequences.cpu()) else 'NO'}"
     print(
         f"[target alone (HF generate): {reference_new} tokens in {elapsed:.2f} s = {target_rate:.1f} tok/s | "
         f"speculative: {out.stats.tokens_per_s:.1f} tok/s = {ratio:.2f}x{same}]",

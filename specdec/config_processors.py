@@ -11,6 +11,8 @@ rather than silently ignored.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from transformers import (
     EpsilonLogitsWarper,
@@ -67,17 +69,20 @@ def config_processors(
         processors.append(NoRepeatNGramLogitsProcessor(config.no_repeat_ngram_size))
     if config.bad_words_ids is not None:
         processors.append(NoBadWordsLogitsProcessor(config.bad_words_ids, sorted(eos_token_ids) or None))
+    hf_dev: Any = device  # transformers annotates these processors' device as str; they take a torch.device
     eos = torch.tensor(sorted(eos_token_ids), device=device) if eos_token_ids else None
     if eos is not None and config.min_length is not None and config.min_length > 0:
-        processors.append(MinLengthLogitsProcessor(config.min_length, eos, device=device))
+        processors.append(MinLengthLogitsProcessor(config.min_length, eos, device=hf_dev))
     if eos is not None and config.min_new_tokens is not None and config.min_new_tokens > 0:
-        processors.append(MinNewTokensLengthLogitsProcessor(prompt_length, config.min_new_tokens, eos, device=device))
+        processors.append(MinNewTokensLengthLogitsProcessor(prompt_length, config.min_new_tokens, eos, device=hf_dev))
     if config.remove_invalid_values is True:
         processors.append(InfNanRemoveLogitsProcessor())
     if config.suppress_tokens is not None:
-        processors.append(SuppressTokensLogitsProcessor(config.suppress_tokens, device=device))
+        processors.append(SuppressTokensLogitsProcessor(config.suppress_tokens, device=hf_dev))
     if config.begin_suppress_tokens is not None:
-        processors.append(SuppressTokensAtBeginLogitsProcessor(config.begin_suppress_tokens, prompt_length, device=device))
+        processors.append(
+            SuppressTokensAtBeginLogitsProcessor(config.begin_suppress_tokens, prompt_length, device=hf_dev)
+        )
     return processors
 
 
@@ -91,5 +96,6 @@ def config_sampling_warpers(config: GenerationConfig, *, device: torch.device) -
     if config.epsilon_cutoff is not None and 0.0 < config.epsilon_cutoff < 1.0:
         warpers.append(EpsilonLogitsWarper(epsilon=config.epsilon_cutoff))
     if config.eta_cutoff is not None and 0.0 < config.eta_cutoff < 1.0:
-        warpers.append(EtaLogitsWarper(epsilon=config.eta_cutoff, device=device))
+        hf_dev: Any = device  # transformers annotates device as str; it takes a torch.device
+        warpers.append(EtaLogitsWarper(epsilon=config.eta_cutoff, device=hf_dev))
     return warpers

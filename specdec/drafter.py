@@ -111,7 +111,11 @@ def requested_layers(drafter: object) -> tuple[int, ...] | None:
     if layers is None:
         return None
     name = type(drafter).__name__
-    if not isinstance(layers, tuple) or not layers or any(isinstance(i, bool) or not isinstance(i, int) for i in layers):
+    if (
+        not isinstance(layers, tuple)
+        or not layers
+        or any(isinstance(i, bool) or not isinstance(i, int) for i in layers)
+    ):
         raise InvalidArgumentError(f"{name}.target_layers must be a non-empty tuple of layer ids, got {layers!r}")
     if not callable(getattr(drafter, "observe_hidden_states", None)):
         raise InvalidArgumentError(f"{name} declares target_layers but has no observe_hidden_states method")

@@ -35,12 +35,16 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, cast
 
 from .batch_target import BatchedTarget, Segment
 from .errors import InvalidArgumentError
 from .request import DrafterPool, Request
 from .sequence import Sequence
 from .types import DraftBlock, SpecOutput, SpecStats, VerifiedBlock
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["Engine", "Handle"]
 
@@ -227,7 +231,8 @@ class Engine:
             assert row.block is not None
             hidden = self.target.hidden_states(row.slot, len(row.block) + 1) if reads_hidden else None
             try:
-                row.seq.commit(logits, row.block, verify_s, hidden_states=hidden)  # verify, accept, emit
+                # verify, accept, emit
+                row.seq.commit(cast("torch.Tensor", logits), row.block, verify_s, hidden_states=hidden)
             except Exception as exc:
                 self._retire(row, exc)
                 continue

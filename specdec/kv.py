@@ -46,6 +46,7 @@ flex attention cannot take it, and those models are refused (see
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
@@ -92,8 +93,9 @@ class RowKVLayer(CacheLayerMixin):
             self.lazy_initialization(key_states, value_states)
         plan = self.plan
         rows = plan.rows
-        index = plan.write_index[:, None, :, None]  # [rows, 1, width, 1]
-        keys, values = self.keys[:rows], self.values[:rows]
+        index = cast(torch.Tensor, plan.write_index)[:, None, :, None]  # [rows, 1, width, 1]
+        # set by lazy_initialization above
+        keys, values = cast(torch.Tensor, self.keys)[:rows], cast(torch.Tensor, self.values)[:rows]
         keys.scatter_(2, index.expand(-1, keys.shape[1], -1, keys.shape[-1]), key_states.to(keys.dtype))
         values.scatter_(2, index.expand(-1, values.shape[1], -1, values.shape[-1]), value_states.to(values.dtype))
         return keys[:, :, : plan.read_len], values[:, :, : plan.read_len]
@@ -133,7 +135,7 @@ class RowKVCache(Cache):
             return
         self.max_rows, self.max_len = max(max_rows, self.max_rows), max(max_len, self.max_len)
         for layer in self.layers:
-            layer.grow(self.max_rows, self.max_len)
+            cast(RowKVLayer, layer).grow(self.max_rows, self.max_len)
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return 0

@@ -8,7 +8,8 @@ otherwise speculative sampling would be exact for the wrong distribution.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, cast
 
 import torch
 from transformers import (
@@ -35,6 +36,9 @@ class LogitsShaper:
     top_p: float | None = None
     processors: LogitsProcessorList | None = None  # user processors; may read the token history
     extra_warpers: LogitsProcessorList | None = None  # sampling warpers after top-p (min-p, typical, ...)
+
+    if TYPE_CHECKING:  # set in __post_init__; not a dataclass field
+        _warpers: LogitsProcessorList = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         warpers = LogitsProcessorList()
@@ -72,11 +76,11 @@ class LogitsShaper:
             processed = []
             for i in range(rows):
                 prefix = token_ids[: length - rows + 1 + i].unsqueeze(0)  # [1, L_i]
-                processed.append(self.processors(prefix, scores[i : i + 1]))
+                processed.append(self.processors(cast(torch.LongTensor, prefix), scores[i : i + 1]))
             scores = torch.cat(processed, dim=0)
         if self._warpers:
             # The warpers only look at scores, so they run on all rows at once.
-            scores = self._warpers(token_ids.unsqueeze(0), scores)
+            scores = self._warpers(cast(torch.LongTensor, token_ids.unsqueeze(0)), scores)
         return scores
 
     def probs(self, token_ids: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:

@@ -16,9 +16,10 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -270,7 +271,7 @@ def load_model(
             model = AutoModelForCausalLM.from_pretrained(location, **kwargs)
     except Exception as exc:
         raise ModelLoadError(f"could not load model {label}: {exc}") from exc
-    model = model.to(target_device).eval()
+    model = model.to(target_device).eval()  # type: ignore[arg-type]  # transformers' to() stub is wrong
     tokenizer = None
     if with_tokenizer:
         from transformers import AutoTokenizer

@@ -11,7 +11,7 @@ leases from the :class:`DrafterPool` when it admits the row.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
@@ -230,7 +230,8 @@ class DrafterPool:
             self._prototype_busy = True
             return self.prototype
         if self.forks:
-            return self._spare.pop() if self._spare else self.prototype.for_row()
+            # forks: the prototype has a for_row method (checked above); not part of the Drafter protocol
+            return self._spare.pop() if self._spare else cast(Any, self.prototype).for_row()
         return None
 
     def release(self, drafter: Drafter) -> None:

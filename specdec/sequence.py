@@ -19,12 +19,12 @@ prefill's to :meth:`Sequence.prefilled`, each verify pass's to
 from __future__ import annotations
 
 import time
-from typing import Protocol
+from typing import Protocol, cast
 
 import torch
 from transformers import StoppingCriteriaList
 
-from .drafter import DraftContext, Drafter
+from .drafter import DraftContext, Drafter, HiddenStateDrafter
 from .errors import DrafterContractError
 from .logits import LogitsShaper
 from .params import GenerationParams
@@ -156,7 +156,7 @@ class Sequence:
 
     def prefilled(self, hidden_states: torch.Tensor) -> None:
         """Hand a hidden-state drafter the prefill's ``[prompt_len - 1, layers, hidden]``."""
-        self.drafter.observe_hidden_states(hidden_states)
+        cast(HiddenStateDrafter, self.drafter).observe_hidden_states(hidden_states)
 
     def commit(
         self,
@@ -189,7 +189,7 @@ class Sequence:
         self.stats.new_tokens = self.new_tokens
         if hidden_states is not None:
             # the kept positions: the newest committed token's before this step and the accepted drafts'
-            self.drafter.observe_hidden_states(hidden_states[: len(accepted)])
+            cast(HiddenStateDrafter, self.drafter).observe_hidden_states(hidden_states[: len(accepted)])
         self.drafter.update(accepted, num_accepted)
         done_at = time.perf_counter()
         if verify_s is None:

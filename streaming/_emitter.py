@@ -39,7 +39,9 @@ class Emitter:
     the closing events and then a :class:`Finish` record.
     """
 
-    def __init__(self, stream_id: str, tokenizer: Any, provisional: bool, post: Callable[[Event | Finish], None]) -> None:
+    def __init__(
+        self, stream_id: str, tokenizer: Any, provisional: bool, post: Callable[[Event | Finish], None]
+    ) -> None:
         self._post = post
         self._stream_id = stream_id
         self._detok = make_detokenizer(tokenizer)

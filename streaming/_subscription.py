@@ -48,7 +48,7 @@ def check_max_queue(value: Any) -> int:
 def check_policy(value: Any) -> OverflowPolicy:
     if value not in POLICIES:
         raise InvalidArgumentError(f"overflow must be one of {POLICIES}, got {value!r}")
-    return value  # type: ignore[no-any-return]
+    return value
 
 
 def merge_commits(first: CommitEvent, second: CommitEvent) -> CommitEvent:

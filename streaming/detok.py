@@ -181,7 +181,11 @@ class OffsetDetokenizer(_Base):
             return ""
         prefix_text = self._decode(self._ids[self._prefix_offset : self._read_offset])
         new_text = self._decode(self._ids[self._prefix_offset :])
-        if len(new_text) > len(prefix_text) and not new_text.endswith(_REPLACEMENT) and new_text.startswith(prefix_text):
+        if (
+            len(new_text) > len(prefix_text)
+            and not new_text.endswith(_REPLACEMENT)
+            and new_text.startswith(prefix_text)
+        ):
             self._prefix_offset = self._read_offset
             self._read_offset = len(self._ids)
             return self._emit(new_text[len(prefix_text) :])

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 from specdec import FinishReason as CoreFinishReason
 
@@ -107,7 +107,7 @@ class ErrorEvent(_Envelope):
     type: Literal["error"] = "error"
 
 
-Event = Union[StartEvent, CommitEvent, ProvisionalEvent, EndEvent, ErrorEvent]
+Event = StartEvent | CommitEvent | ProvisionalEvent | EndEvent | ErrorEvent
 
 _TYPES: dict[str, type] = {
     "start": StartEvent,

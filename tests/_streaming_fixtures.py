@@ -23,13 +23,13 @@ CORPUS = [
 ] * 4
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def byte_level_tokenizer() -> PreTrainedTokenizerFast:
     """Byte-level BPE (GPT-2 style): multi-byte characters are split across byte tokens."""
     return byte_level_bpe(CORPUS, vocab_size=300)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def metaspace_tokenizer() -> PreTrainedTokenizerFast:
     """SentencePiece/Llama style: ``▁`` for spaces, BPE with byte fallback for unseen characters."""
     tok = Tokenizer(models.BPE(unk_token="<unk>"))

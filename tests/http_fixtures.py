@@ -37,7 +37,7 @@ CHAT_TEMPLATE = (
 )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tiny_tokenizer() -> PreTrainedTokenizerFast:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -51,7 +51,7 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
     return out
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tiny_model() -> LlamaForCausalLM:
     """2 layers, hidden 32; no EOS, so every generation runs to max_tokens (or a stop string)."""
     config = LlamaConfig(
@@ -147,7 +147,8 @@ def start_cli_server(model_dir: Path, log: Path) -> Server:
     """``specdec serve --http`` on the saved model (float32, CPU, n-gram drafter)."""
     port = free_port()
     args = [sys.executable, "-m", "specdec.cli", "serve", "--target", str(model_dir), "--dtype", "float32",
-            "--device", "cpu", "--draft", "ngram", "--num-draft-tokens", "4", "--http", f"127.0.0.1:{port}"]  # fmt: skip
+            "--device", "cpu", "--draft", "ngram", "--num-draft-tokens", "4",
+            "--http", f"127.0.0.1:{port}"]  # fmt: skip
     return Server(args, port, log)
 
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any, TypeVar
 
 import pytest
 import torch
@@ -33,13 +34,13 @@ CORPUS = [
 ] * 8
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tiny_tokenizer() -> PreTrainedTokenizerFast:
     """A byte-level BPE trained offline on a small corpus (multi-byte characters split across tokens)."""
     return byte_level_bpe(CORPUS, vocab_size=320)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tiny_model(seed: int = 0, copy: int = 0) -> LlamaForCausalLM:
     """2 layers, hidden 32, the tokenizer's vocabulary; no EOS, so generations run to max_new_tokens.
 
@@ -51,8 +52,8 @@ def tiny_model(seed: int = 0, copy: int = 0) -> LlamaForCausalLM:
 
 def tiny_generator(seed: int = 0, *, delay_s: float = 0.0, copy: int = 0) -> Any:
     """A SpeculativeGenerator over the tiny model with the n-gram drafter (``delay_s`` slows each proposal)."""
-    from specdec.drafts import NGramDrafter
     from specdec import SpeculativeGenerator
+    from specdec.drafts import NGramDrafter
 
     drafter = NGramDrafter(num_draft_tokens=4)
     if delay_s:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from specdec.drafts import ModelDrafter, NGramDrafter, OracleDrafter
 from specdec import InvalidArgumentError, SpeculativeGenerator
 from specdec.adaptive import (
     AcceptanceEstimate,
@@ -16,6 +15,7 @@ from specdec.adaptive import (
     ideal_speedup,
 )
 from specdec.bench import random_llama
+from specdec.drafts import ModelDrafter, NGramDrafter, OracleDrafter
 from specdec.types import SpecStats
 
 

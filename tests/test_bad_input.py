@@ -8,7 +8,6 @@ import torch
 import transformers
 from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
 
-from specdec.drafts import ModelDrafter, NGramDrafter
 from specdec import (
     DrafterContractError,
     InvalidArgumentError,
@@ -18,6 +17,7 @@ from specdec import (
     VocabularyMismatchError,
     check_rollback_support,
 )
+from specdec.drafts import ModelDrafter, NGramDrafter
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

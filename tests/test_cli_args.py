@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from specdec.drafts import NGramDrafter
 from specdec import SpeculativeGenerator
 from specdec.cli import _generate_kwargs, build_parser
+from specdec.drafts import NGramDrafter
 
 
 def parse(*argv: str):

@@ -17,8 +17,9 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from mqtt_fixtures import tiny_tokenizer  # noqa: E402
 from specdec.streaming.mqtt.broker import find_mosquitto, free_port  # noqa: E402
+
+from mqtt_fixtures import tiny_tokenizer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}

@@ -89,7 +89,7 @@ def test_bad_arguments_fail_fast_with_one_line(tmp_path):
             "and/or --broker mqtt://host:port": ["serve"],
         }
         results = _run_cli(list(cases.values()), tmp_path)
-    for (needle, argv), result in zip(cases.items(), results):
+    for (needle, argv), result in zip(cases.items(), results, strict=False):
         assert result["code"] == 2, (argv, result)
         lines = result["err"].strip().splitlines()
         assert len(lines) == 1 and needle.strip() in lines[0], (argv, result["err"])

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from specdec.drafts import ModelDrafter, NGramDrafter
 from specdec import SpeculativeGenerator
+from specdec.drafts import ModelDrafter, NGramDrafter
 from specdec.models import DEFAULT_MODEL, ensure_default_gguf, load_model
 
 pytestmark = pytest.mark.slow

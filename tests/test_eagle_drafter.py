@@ -1,4 +1,5 @@
-"""EagleDrafter's bookkeeping (features, positions, rollback), its draft probabilities, and training/inference parity."""
+"""EagleDrafter's bookkeeping (features, positions, rollback), its draft probabilities,
+and training/inference parity."""
 
 from __future__ import annotations
 

@@ -35,7 +35,7 @@ def _run_head(head, features, tokens, split=None):
     n = features.shape[0]
     cuts = [0, split, n] if split else [0, n]
     outs, logits = [], []
-    for a, b in zip(cuts, cuts[1:]):
+    for a, b in zip(cuts, cuts[1:], strict=False):
         h, lg = head.step(head.project(features[a:b]), tokens[a:b], torch.arange(a, b), cache)
         outs.append(h)
         logits.append(lg)
@@ -97,7 +97,7 @@ def test_speculators_round_trip(tmp_path, tiny_lm):
     assert detect_format(config) == "speculators"
     again = load_head(out, target)
     features, tokens = _inputs()
-    for a, b in zip(_run_head(head, features, tokens), _run_head(again, features, tokens)):
+    for a, b in zip(_run_head(head, features, tokens), _run_head(again, features, tokens), strict=False):
         torch.testing.assert_close(a, b, atol=0, rtol=0)
 
 

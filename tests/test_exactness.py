@@ -13,7 +13,6 @@ import math
 
 import pytest
 import torch
-from conftest import ARCHS, EOS
 from transformers import (
     GenerationConfig,
     LogitsProcessorList,
@@ -24,8 +23,10 @@ from transformers import (
     StoppingCriteriaList,
 )
 
-from specdec.drafts import ModelDrafter, NGramDrafter, OracleDrafter
 from specdec import InvalidArgumentError, SpeculativeGenerator
+from specdec.drafts import ModelDrafter, NGramDrafter, OracleDrafter
+
+from conftest import ARCHS, EOS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

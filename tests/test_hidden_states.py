@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import ARCHS
 
 from specdec import CausalLMAdapter, InvalidArgumentError, SpeculativeGenerator, UnsupportedModelError
 from specdec.drafts import NGramDrafter
+
+from conftest import ARCHS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -45,7 +46,7 @@ def test_hooks_exist_only_while_asked(tiny_lm):
     adapter.capture(None)
     assert _hooks(model) == before
     with pytest.raises(RuntimeError):
-        adapter.hidden_states
+        _ = adapter.hidden_states
 
 
 class Recorder:

@@ -325,13 +325,14 @@ def test_fifty_concurrent_streaming_clients(server, model_dir):
             return await asyncio.gather(*(one(http, p) for p in prompts))
 
     texts = asyncio.run(main())
-    for prompt, text in zip(prompts, texts):
+    for prompt, text in zip(prompts, texts, strict=False):
         assert text == reference_text(prompt_ids(prompt), budget), prompt
     assert server.alive() and httpx.get(server.url + "/health").json()["open_streams"] == 0
     metrics = httpx.get(server.url + "/metrics").text
     for name in ("specdec_time_to_first_token_seconds_bucket", "specdec_inter_token_latency_seconds_bucket",
                  "specdec_acceptance_ratio_bucket", "specdec_queue_depth", "specdec_drafted_tokens_total",
-                 "specdec_accepted_tokens_total", 'specdec_http_requests_total{endpoint="/v1/completions",status="200"}'):  # fmt: skip
+                 "specdec_accepted_tokens_total",
+                 'specdec_http_requests_total{endpoint="/v1/completions",status="200"}'):  # fmt: skip
         assert name in metrics, name
 
 
@@ -364,7 +365,9 @@ def test_open_stream_limit_answers_429(model_dir, tmp_path):
 def _chromium():
     import shutil
 
-    browser = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
+    browser = next(
+        (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None
+    )
     driver = shutil.which("chromedriver")
     if browser is None or driver is None:
         pytest.skip(
@@ -467,7 +470,7 @@ def test_http_and_mqtt_alongside_share_one_generator(model_dir, tmp_path):
     try:
         texts = asyncio.run(main())
         prompts = ["the quick brown", "the lazy dog", "héllo wörld", "a stream of"]
-        for prompt, text in zip(prompts, texts):
+        for prompt, text in zip(prompts, texts, strict=False):
             assert text == reference_text(prompt_ids(prompt), budget), prompt
     finally:
         srv.stop()

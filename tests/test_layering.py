@@ -30,7 +30,8 @@ IMPORT_NAMES = {
     "bench": "specdec.bench",
 }
 SUBPACKAGES = ("specdec.drafts", "specdec.streaming", "specdec.bench")
-WIRING_MODULES = {"specdec.cli", "specdec.cli_run"}  # the CLI: allowed to import all three packages, and the bench lazily
+# the CLI: allowed to import all three packages, and the bench lazily
+WIRING_MODULES = {"specdec.cli", "specdec.cli_run"}
 FORBIDDEN = {
     "specdec": {"specdec.drafts", "specdec.streaming", "specdec.bench"},
     "specdec.drafts": {"specdec.streaming", "specdec.bench"},

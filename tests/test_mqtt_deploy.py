@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 
-from mqtt_fixtures import reference_ids, run, tiny_generator, tiny_model, tiny_tokenizer
 from specdec.streaming.mqtt import (
     REQUEST_TOPIC,
     BrokerConfig,
@@ -35,6 +34,8 @@ from specdec.streaming.mqtt import (
 )
 from specdec.streaming.mqtt.broker import LocalMosquitto, find_mosquitto, free_port
 from specdec.streaming.mqtt.protocol import decode_event, encode_json
+
+from mqtt_fixtures import reference_ids, run, tiny_generator, tiny_model, tiny_tokenizer
 
 pytestmark = pytest.mark.mqtt
 

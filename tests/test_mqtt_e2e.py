@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from mqtt_fixtures import broker, reference_ids, run, tiny_generator, tiny_tokenizer  # noqa: F401
 from specdec.streaming.mqtt import (
     REQUEST_TOPIC,
     BrokerConfig,
@@ -24,11 +23,12 @@ from specdec.streaming.mqtt import (
     WorkerLostError,
     WorkerSettings,
     connect,
-    control_topic,
     events_topic,
     new_stream_id,
 )
 from specdec.streaming.mqtt.protocol import decode_event
+
+from mqtt_fixtures import broker, reference_ids, run, tiny_generator, tiny_tokenizer  # noqa: F401
 
 pytestmark = pytest.mark.mqtt
 
@@ -102,7 +102,7 @@ def test_fifty_subscribers_get_the_same_commits(broker):
                     ready.set()
                     return [await first] + [e async for e in it]
 
-                tasks = [asyncio.ensure_future(watch(c, g)) for c, g in zip(watchers, got)]
+                tasks = [asyncio.ensure_future(watch(c, g)) for c, g in zip(watchers, got, strict=False)]
                 await asyncio.gather(*(g.wait() for g in got))
                 async with StreamClient(broker.url) as client:
                     own = [e async for e in client.generate(PROMPT, stream_id=stream_id, max_new_tokens=60)]
@@ -241,7 +241,7 @@ def test_stock_mosquitto_sub_sees_valid_events(broker):
                     await raw.publish(topic, b'"probe"')
                     try:
                         line = await asyncio.wait_for(proc.stdout.readline(), 0.2)
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         continue
                     if line.strip() == b'"probe"':
                         break
@@ -249,7 +249,7 @@ def test_stock_mosquitto_sub_sees_valid_events(broker):
                 while True:  # drain any extra probes
                     try:
                         extra = await asyncio.wait_for(proc.stdout.readline(), 0.05)
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         break
                     assert extra.strip() == b'"probe"'
                 own = [e async for e in client.generate(PROMPT, stream_id=sid, max_new_tokens=30)]

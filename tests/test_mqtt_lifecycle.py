@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 
 import pytest
-from mqtt_fixtures import broker, reference_ids, run, tiny_generator, tiny_tokenizer  # noqa: F401
+
+from specdec import SpecDecError
 from specdec.streaming.mqtt import (
     REQUEST_TOPIC,
     BrokerConfig,
@@ -37,7 +38,7 @@ from specdec.streaming.mqtt import (
 from specdec.streaming.mqtt.broker import LocalMosquitto, find_mosquitto, free_port
 from specdec.streaming.mqtt.protocol import decode_event, encode_json
 
-from specdec import SpecDecError
+from mqtt_fixtures import broker, reference_ids, run, tiny_generator, tiny_tokenizer  # noqa: F401
 
 PROMPT = "the quick brown fox"
 SETTINGS = WorkerSettings(model_name="tiny-llama", draft_name="ngram", limits=RequestLimits(max_new_tokens_cap=300))

@@ -8,8 +8,8 @@ import time
 import pytest
 import torch
 
-from specdec.drafts import NGramDrafter
 from specdec import DraftBlock, DraftContext, Drafter, InvalidArgumentError, LogitsShaper
+from specdec.drafts import NGramDrafter
 
 
 def begin(drafter: NGramDrafter, context: list[int]) -> NGramDrafter:

@@ -14,6 +14,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from test_cli_signals import _spawn, tiny_dir  # noqa: E402,F401 - the tiny model folder fixture
+
 from specdec.streaming.mqtt.broker import find_mosquitto, free_port  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

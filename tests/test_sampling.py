@@ -15,15 +15,14 @@ negative control showing the same test rejects a plausible wrong answer.
 from __future__ import annotations
 
 import dataclasses
-
 import itertools
 
 import pytest
 import torch
 from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
-from specdec.drafts import ModelDrafter, NGramDrafter, OracleDrafter
 from specdec import LogitsShaper, SpeculativeGenerator, speculative_sample
+from specdec.drafts import ModelDrafter, NGramDrafter, OracleDrafter
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -222,7 +221,7 @@ def exact_joint(model, prompt: torch.Tensor, new_tokens: int, shaper: LogitsShap
         prefixes = list(itertools.product(range(vocab), repeat=depth))
         batch = torch.tensor([prompt[0].tolist() + list(prefix) for prefix in prefixes])
         logits = model(batch).logits[:, -1].double()  # [vocab ** depth, vocab]
-        probs = torch.cat([shaper.probs(row_ids, row[None]) for row_ids, row in zip(batch, logits)])
+        probs = torch.cat([shaper.probs(row_ids, row[None]) for row_ids, row in zip(batch, logits, strict=False)])
         joint = (joint[:, None] * probs).reshape(-1)
     return joint
 

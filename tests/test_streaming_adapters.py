@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import io
-import queue
 
 import pytest
-from _streaming_fixtures import FakeGenerator, byte_level_tokenizer, run, stream_threads, tiny_llama
 from transformers import TextIteratorStreamer, TextStreamer
 
-from specdec.drafts import NGramDrafter
 from specdec import SpeculativeGenerator
+from specdec.drafts import NGramDrafter
 from specdec.streaming import (
     BlockingHub,
     CommitEvent,
@@ -23,6 +21,8 @@ from specdec.streaming import (
     render_stream,
 )
 from specdec.streaming.terminal import CLEAR_TO_EOL, DIM, RESTORE_CURSOR, SAVE_CURSOR
+
+from _streaming_fixtures import FakeGenerator, byte_level_tokenizer, run, stream_threads, tiny_llama
 
 PROMPT = "héllo wörld 日本語 🙂 the lazy dog"
 
@@ -108,7 +108,9 @@ def test_terminal_draws_and_retracts_drafts():
     r = TerminalRenderer(file, show_drafts=True, color=True)
     r.feed(CommitEvent(stream_id="s", seq=1, token_ids=[1], text="Hello", n_committed=1, step=0, drafted=0, accepted=0))
     r.feed(ProvisionalEvent(stream_id="s", seq=2, base=1, token_ids=[2, 3], text=" wor\nld"))
-    r.feed(CommitEvent(stream_id="s", seq=3, token_ids=[2], text=" world", n_committed=2, step=1, drafted=2, accepted=1))
+    r.feed(
+        CommitEvent(stream_id="s", seq=3, token_ids=[2], text=" world", n_committed=2, step=1, drafted=2, accepted=1)
+    )
     assert file.getvalue() == f"Hello{SAVE_CURSOR}{DIM} wor⏎ld\x1b[0m{RESTORE_CURSOR}{CLEAR_TO_EOL} world"
     plain = io.StringIO()
     r = TerminalRenderer(plain, show_drafts=True)  # StringIO is not a TTY

@@ -5,9 +5,10 @@ from __future__ import annotations
 import random
 
 import pytest
-from _streaming_fixtures import CORPUS, byte_level_tokenizer, metaspace_tokenizer
 
 from specdec.streaming import DecodeStreamDetokenizer, OffsetDetokenizer, make_detokenizer
+
+from _streaming_fixtures import CORPUS, byte_level_tokenizer, metaspace_tokenizer
 
 TOKENIZERS = {"byte_level": byte_level_tokenizer, "metaspace": metaspace_tokenizer}
 

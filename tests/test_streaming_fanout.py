@@ -6,11 +6,12 @@ import asyncio
 import time
 
 import pytest
-from _streaming_fixtures import WrappedDrafter, byte_level_tokenizer, run, stream_threads, tiny_llama
 
-from specdec.drafts import NGramDrafter
 from specdec import InvalidArgumentError, SpeculativeGenerator
+from specdec.drafts import NGramDrafter
 from specdec.streaming import CommitEvent, EndEvent, ErrorEvent, ProvisionalEvent, StartEvent, StreamHub
+
+from _streaming_fixtures import WrappedDrafter, byte_level_tokenizer, run, stream_threads, tiny_llama
 
 PROMPT = "the lazy dog héllo wörld 日本語 the lazy dog"
 

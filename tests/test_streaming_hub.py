@@ -8,17 +8,9 @@ import weakref
 
 import pytest
 import torch
-from _streaming_fixtures import (
-    FakeGenerator,
-    WrappedDrafter,
-    byte_level_tokenizer,
-    run,
-    stream_threads,
-    tiny_llama,
-)
 
-from specdec.drafts import NGramDrafter
 from specdec import InvalidArgumentError, SpeculativeGenerator
+from specdec.drafts import NGramDrafter
 from specdec.streaming import (
     CommitEvent,
     EndEvent,
@@ -28,6 +20,15 @@ from specdec.streaming import (
     StreamExpiredError,
     StreamHub,
     UnknownStreamError,
+)
+
+from _streaming_fixtures import (
+    FakeGenerator,
+    WrappedDrafter,
+    byte_level_tokenizer,
+    run,
+    stream_threads,
+    tiny_llama,
 )
 
 PROMPT = "héllo wörld 日本語 🙂 the lazy dog héllo"

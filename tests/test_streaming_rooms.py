@@ -7,7 +7,9 @@ import asyncio
 import typing
 
 import pytest
-from _streaming_fixtures import byte_level_tokenizer, run
+
+import specdec
+from specdec import InvalidArgumentError, SpecDecError, SpecOutput, SpecStats, VerifiedBlock
 from specdec.streaming import (
     CommitEvent,
     EndEvent,
@@ -29,8 +31,7 @@ from specdec.streaming._emitter import Emitter, Finish
 from specdec.streaming._fanout import FanoutBudget
 from specdec.streaming.mqtt import errors as mqtt_errors
 
-import specdec
-from specdec import InvalidArgumentError, SpecDecError, SpecOutput, SpecStats, VerifiedBlock
+from _streaming_fixtures import byte_level_tokenizer, run
 
 SID = "rooms"
 
@@ -281,7 +282,9 @@ def test_one_error_tree_under_specdec_error():
                 mqtt_errors.ConnectionLostError):
         assert issubclass(cls, mqtt_errors.MqttLayerError) and issubclass(cls, StreamingError)
     error = mqtt_errors.WorkerLostError("gone", retryable=True, stream_id="s")
-    assert (error.code, error.message, error.retryable, str(error)) == ("worker_lost", "gone", True, "[worker_lost] gone")
+    assert (error.code, error.message, error.retryable, str(error)) == (
+        "worker_lost", "gone", True, "[worker_lost] gone"
+    )
     with pytest.raises(EventDecodeError):
         event_from_dict({"v": 1, "type": "nope"})
 

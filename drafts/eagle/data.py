@@ -11,9 +11,10 @@ a folder without it is incomplete and is rebuilt.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -96,7 +97,7 @@ class HiddenStateData:
         return len(self.offsets)
 
     @staticmethod
-    def open(folder: str | Path) -> "HiddenStateData | None":
+    def open(folder: str | Path) -> HiddenStateData | None:
         index = Path(folder) / "index.json"
         if not index.is_file():
             return None
@@ -138,7 +139,7 @@ def build_data(
         return existing
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "index.json").unlink(missing_ok=True)
-    vocab = int(target.get_input_embeddings().weight.shape[0])
+    vocab = int(cast(torch.Tensor, target.get_input_embeddings().weight).shape[0])
     counts = torch.zeros(vocab, dtype=torch.long)
     offsets, lengths, offset, hidden = [], [], 0, 0
     device = next(target.parameters()).device
@@ -146,7 +147,7 @@ def build_data(
         for prompt in prompts:
             input_ids = encode_prompt(tokenizer, prompt, chat).to(device)
             with torch.inference_mode():
-                sequence = target.generate(
+                sequence = target.generate(  # type: ignore[operator]  # generate comes from GenerationMixin
                     input_ids, attention_mask=torch.ones_like(input_ids), do_sample=False,
                     max_new_tokens=max_new_tokens, pad_token_id=_pad_id(target, tokenizer),
                 )[0]  # fmt: skip
@@ -168,7 +169,7 @@ def build_data(
 
 def _num_layers(target: PreTrainedModel) -> int:
     text = target.config.get_text_config(decoder=True) if hasattr(target.config, "get_text_config") else target.config
-    return int(getattr(text, "num_hidden_layers", None) or getattr(text, "n_layer"))
+    return int(getattr(text, "num_hidden_layers", None) or text.n_layer)
 
 
 def _pad_id(target: PreTrainedModel, tokenizer: Any) -> int | None:

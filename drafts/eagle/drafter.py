@@ -15,6 +15,8 @@ computed from them::
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 
 from specdec import DraftBlock, DraftContext, InvalidArgumentError
@@ -115,7 +117,7 @@ class EagleDrafter:
     # ------------------------------------------------------------------ drafting
 
     def _chain(self, hidden: torch.Tensor, logits: torch.Tensor, k: int, context: DraftContext) -> DraftBlock:
-        shaper, vocab = context.shaper, self.vocab_size
+        shaper, vocab = context.shaper, cast(int, self.vocab_size)  # always set from the head config
         history = (
             torch.tensor(self._committed, dtype=torch.long, device=self._device) if shaper.reads_history else None
         )
@@ -125,7 +127,8 @@ class EagleDrafter:
         for i in range(k):
             if shaper.do_sample or shaper.reads_history:
                 scores = shaper.scores(
-                    history if history is not None else self._no_history(), to_target_logits(logits, self._target_ids, vocab)
+                    history if history is not None else self._no_history(),
+                    to_target_logits(logits, self._target_ids, vocab),
                 )
                 if shaper.reads_history and not bool(torch.isfinite(scores).any()):
                     break  # the processors banned every draft-vocabulary token here

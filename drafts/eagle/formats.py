@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from transformers import PreTrainedModel
@@ -38,7 +38,8 @@ from .head import EagleHead, EagleHeadConfig
 from .vocab import check_d2t
 
 __all__ = [
-    "HeadFormatError", "HeadMismatchError", "load_head", "save_speculators", "detect_format", "is_head_folder", "FORMATS",
+    "HeadFormatError", "HeadMismatchError", "load_head", "save_speculators", "detect_format", "is_head_folder",
+    "FORMATS",
 ]
 
 FORMATS = ("eagle3", "speculators", "eagle1")
@@ -62,7 +63,7 @@ def target_shape(target: PreTrainedModel) -> tuple[int, int, int]:
     text = _target_text_config(target)
     hidden = getattr(text, "hidden_size", None) or getattr(text, "n_embd", None)
     layers = getattr(text, "num_hidden_layers", None) or getattr(text, "n_layer", None)
-    vocab = int(target.get_input_embeddings().weight.shape[0])
+    vocab = int(cast(torch.Tensor, target.get_input_embeddings().weight).shape[0])
     if not hidden or not layers:
         raise HeadMismatchError(f"cannot read the hidden size and layer count of {type(target).__name__}")
     return int(hidden), vocab, int(layers)
@@ -140,8 +141,8 @@ def _head_config(fmt: str, config: dict[str, Any], target: PreTrainedModel) -> E
     where = "transformer_layer_config" if fmt == "speculators" else "config.json"
     hidden = _int(layer, "hidden_size", where)
     heads = _int(layer, "num_attention_heads", where)
-    rope = layer.get("rope_parameters") or {}
-    theta = rope.get("rope_theta", layer.get("rope_theta", 10000.0))
+    rope: dict[str, Any] = layer.get("rope_parameters") or {}
+    theta: Any = rope.get("rope_theta", layer.get("rope_theta", 10000.0))
     if fmt == "eagle1":
         ids: tuple[int, ...] = (target_layers,)
     else:
@@ -174,7 +175,9 @@ def check_fits(config: EagleHeadConfig, target: PreTrainedModel) -> None:
     target_hidden, target_vocab, target_layers = target_shape(target)
     problems = []
     if config.target_hidden_size != target_hidden:
-        problems.append(f"the head reads hidden states of size {config.target_hidden_size}, the target's are {target_hidden}")
+        problems.append(
+            f"the head reads hidden states of size {config.target_hidden_size}, the target's are {target_hidden}"
+        )
     if config.vocab_size != target_vocab:
         problems.append(f"the head's vocabulary has {config.vocab_size} tokens, the target's {target_vocab}")
     bad = [i for i in config.target_layers if not 0 <= i <= target_layers]
@@ -209,12 +212,12 @@ def load_head(path: str | Path, target: PreTrainedModel, *, dtype: torch.dtype |
     if config.kind == "eagle1" and "fc.bias" in weights:
         config = replace(config, fc_bias=True)
     check_fits(config, target)
-    dtype = dtype or target.get_input_embeddings().weight.dtype
-    device = target.get_input_embeddings().weight.device
+    dtype = dtype or cast(torch.Tensor, target.get_input_embeddings().weight).dtype
+    device = cast(torch.Tensor, target.get_input_embeddings().weight).device
     with torch.device("meta"):
         head = EagleHead(config)
     expected = {k: tuple(v.shape) for k, v in head.state_dict().items()}
-    target_embed = target.get_input_embeddings().weight
+    target_embed = cast(torch.Tensor, target.get_input_embeddings().weight)
     borrowed = {"embed_tokens.weight"} if target_embed.shape[1] == config.hidden_size else set()
     if config.kind == "eagle1":
         borrowed.add("lm_head.weight")
@@ -240,7 +243,7 @@ def load_head(path: str | Path, target: PreTrainedModel, *, dtype: torch.dtype |
     head = EagleHead(config).to(device=device, dtype=dtype)
     state = {k: v.to(device=device, dtype=torch.long if k == "d2t" else dtype) for k, v in weights.items()}
     if "embed_tokens.weight" not in state:
-        state["embed_tokens.weight"] = target.get_input_embeddings().weight.detach()
+        state["embed_tokens.weight"] = cast(torch.Tensor, target.get_input_embeddings().weight).detach()
     if config.kind == "eagle1" and "lm_head.weight" not in state:
         state["lm_head.weight"] = target.get_output_embeddings().weight.detach()
     head.load_state_dict(state, strict=False, assign=False)

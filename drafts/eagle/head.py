@@ -24,7 +24,7 @@ SGLang use), and each later draft step adds one.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -104,7 +104,7 @@ class EagleHeadConfig:
 
     def llama_config(self) -> LlamaConfig:
         """The layer hyper-parameters as a transformers ``LlamaConfig`` (for norms, MLP and rotary)."""
-        return LlamaConfig(
+        return LlamaConfig(  # type: ignore[call-arg]  # LlamaConfig takes rope_theta; its annotations omit it
             hidden_size=self.hidden_size,
             num_attention_heads=self.num_attention_heads,
             num_key_value_heads=self.num_key_value_heads,
@@ -128,7 +128,7 @@ class HeadKV:
     length: int = 0
 
     @staticmethod
-    def empty(config: EagleHeadConfig, *, device, dtype, capacity: int = 256) -> "HeadKV":
+    def empty(config: EagleHeadConfig, *, device, dtype, capacity: int = 256) -> HeadKV:
         shape = (config.num_key_value_heads, capacity, config.head_dim)
         return HeadKV(torch.empty(shape, device=device, dtype=dtype), torch.empty(shape, device=device, dtype=dtype))
 
@@ -155,7 +155,11 @@ class HeadKV:
 class _Attention(nn.Module):
     def __init__(self, config: EagleHeadConfig, in_features: int) -> None:
         super().__init__()
-        self.heads, self.kv_heads, self.head_dim = config.num_attention_heads, config.num_key_value_heads, config.head_dim
+        self.heads, self.kv_heads, self.head_dim = (
+            config.num_attention_heads,
+            config.num_key_value_heads,
+            config.head_dim,
+        )
         self.q_proj = nn.Linear(in_features, self.heads * self.head_dim, bias=False)
         self.k_proj = nn.Linear(in_features, self.kv_heads * self.head_dim, bias=False)
         self.v_proj = nn.Linear(in_features, self.kv_heads * self.head_dim, bias=False)
@@ -196,6 +200,9 @@ class EagleHead(nn.Module):
 
     The head itself is stateless; :class:`HeadKV` holds one sequence's keys and values.
     """
+
+    d2t: torch.Tensor  # a registered buffer
+    norm: LlamaRMSNorm | None
 
     def __init__(self, config: EagleHeadConfig) -> None:
         super().__init__()
@@ -242,7 +249,7 @@ class EagleHead(nn.Module):
         Returns:
             ``(next_hidden [n, hidden], logits [n, draft_vocab])``.
         """
-        layer = self.layers[0]
+        layer = cast(_Layer, self.layers[0])
         q, k, v, residual, _ = self._attention_inputs(hidden, token_ids, positions)
         n = hidden.shape[0]
         past = cache.length if cache is not None else 0
@@ -252,9 +259,10 @@ class EagleHead(nn.Module):
         return self.finish(layer.self_attn.attend(q, keys, values, mask), residual)
 
     def _attention_inputs(self, hidden: torch.Tensor, token_ids: torch.Tensor, positions: torch.Tensor):
-        layer = self.layers[0]
+        layer = cast(_Layer, self.layers[0])
         embeds = self.embed_tokens(token_ids).to(hidden.dtype)  # [n, hidden]
         if self.config.kind == "eagle3":
+            assert layer.hidden_norm is not None  # set for eagle3
             normed = layer.hidden_norm(hidden)
             residual = normed if self.config.norm_before_residual else hidden
             x = torch.cat([layer.input_layernorm(embeds), normed], dim=-1)  # [n, 2 * hidden]
@@ -267,7 +275,7 @@ class EagleHead(nn.Module):
 
     def finish(self, attended: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Residual, MLP and LM head after attention: ``(next_hidden [n, hidden], logits [n, draft_vocab])``."""
-        layer = self.layers[0]
+        layer = cast(_Layer, self.layers[0])
         h = attended + residual
         h = h + layer.mlp(layer.post_attention_layernorm(h))
         return h, self.lm_head(self.norm(h) if self.norm is not None else h)
@@ -278,4 +286,4 @@ class EagleHead(nn.Module):
         return q, k, v, residual
 
     def attend(self, q, keys, values, mask) -> torch.Tensor:
-        return self.layers[0].self_attn.attend(q, keys, values, mask)
+        return cast(_Layer, self.layers[0]).self_attn.attend(q, keys, values, mask)

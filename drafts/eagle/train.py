@@ -22,9 +22,10 @@ import math
 import platform
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -125,7 +126,7 @@ def _check_resources(target: PreTrainedModel, config: EagleHeadConfig, n_prompts
 def _head_config(target: PreTrainedModel, cfg: TrainConfig, layers: tuple[int, ...]) -> EagleHeadConfig:
     hidden, vocab, _ = target_shape(target)
     text = target.config.get_text_config(decoder=True) if hasattr(target.config, "get_text_config") else target.config
-    heads = int(getattr(text, "num_attention_heads", None) or getattr(text, "n_head"))
+    heads = int(getattr(text, "num_attention_heads", None) or text.n_head)
     kv = int(getattr(text, "num_key_value_heads", None) or heads)
     rope = getattr(text, "rope_parameters", None) or {}
     return EagleHeadConfig(
@@ -219,7 +220,7 @@ def train(
     arguments resumes from the last checkpoint.
     """
     started = time.perf_counter()
-    prompts = list(prompts)
+    prompts = cast("Sequence[str] | Sequence[list[int]]", list(prompts))
     if not prompts:
         raise InvalidArgumentError("no prompts: pass at least one training prompt (and the held-out ones)")
     if len(prompts) <= config.held_out:
@@ -259,7 +260,7 @@ def train(
     lm_bias = lm.bias.detach().to("cpu", torch.float32) if getattr(lm, "bias", None) is not None else None
     with torch.no_grad():
         head.d2t.copy_(d2t)
-        head.embed_tokens.weight.copy_(target.get_input_embeddings().weight.detach().float().cpu())
+        head.embed_tokens.weight.copy_(cast(torch.Tensor, target.get_input_embeddings().weight).detach().float().cpu())
         head.lm_head.weight.copy_(lm_weight[head.target_ids])  # start from the target's own output rows
     head.embed_tokens.requires_grad_(False)
     reduced = head_config.draft_vocab_size < head_config.vocab_size
@@ -271,7 +272,12 @@ def train(
     step = _resume(work / "checkpoint.pt", head, optimizer, config, head_config)
 
     def learning_rate(s: int) -> float:  # linear warmup, cosine decay; a pure function of the step (resumable)
-        return config.learning_rate * min(1.0, (s + 1) / max(config.warmup_steps, 1)) * 0.5 * (1 + math.cos(math.pi * s / total))
+        return (
+            config.learning_rate
+            * min(1.0, (s + 1) / max(config.warmup_steps, 1))
+            * 0.5
+            * (1 + math.cos(math.pi * s / total))
+        )
 
     head.train()
     seen_tokens, t0 = 0, time.perf_counter()
@@ -307,7 +313,7 @@ def train(
             if step % config.checkpoint_every == 0 or step == total:
                 _save_checkpoint(work / "checkpoint.pt", head, optimizer, step, config, head_config)
     head.eval().requires_grad_(False)
-    head = head.to(device=device, dtype=target.get_input_embeddings().weight.dtype)
+    head = head.to(device=device, dtype=cast(torch.Tensor, target.get_input_embeddings().weight).dtype)
     acceptance = evaluate(target, head, encoded_eval, max_new_tokens=config.max_new_tokens,
                           num_draft_tokens=config.num_draft_tokens) if encoded_eval else {}  # fmt: skip
     save_speculators(head, out_dir, verifier=target_name or getattr(target.config, "_name_or_path", "") or "unknown",
@@ -375,7 +381,8 @@ def _write_card(out_dir: Path, result: TrainResult, config: TrainConfig, head_co
         f"- Head: layers {list(head_config.target_layers)}, draft vocabulary {head_config.draft_vocab_size} "
         f"of {head_config.vocab_size}",
         f"- Held-out greedy acceptance (k={config.num_draft_tokens}): conditional "
-        f"{acc.get('conditional_acceptance', float('nan')):.3f}, per drafted token {acc.get('acceptance_rate', float('nan')):.3f}, "
+        f"{acc.get('conditional_acceptance', float('nan')):.3f}, "
+        f"per drafted token {acc.get('acceptance_rate', float('nan')):.3f}, "
         f"{acc.get('mean_accepted_per_step', float('nan')):.2f} tokens per target step",
         "",
     ]

@@ -19,8 +19,9 @@ import asyncio
 import contextlib
 import json
 import time
+from collections.abc import AsyncIterator
 from importlib import resources
-from typing import Any, AsyncIterator
+from typing import Any
 
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.applications import Starlette
@@ -29,8 +30,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from ..events import event_to_dict
 from .. import StreamExpiredError, UnknownStreamError
+from ..events import event_to_dict
 from .metrics import CONTENT_TYPE_LATEST
 from .protocol import ApiError, parse_request
 from .responses import ChunkMaker
@@ -258,7 +259,9 @@ class _CountRequests:
             await self.app(scope, receive, send)
             return
         path = scope.get("path", "")
-        label = path if path in _ROUTE_LABELS else "/v1/streams/{id}/events" if path.startswith("/v1/streams/") else "other"
+        label = (
+            path if path in _ROUTE_LABELS else "/v1/streams/{id}/events" if path.startswith("/v1/streams/") else "other"
+        )
 
         async def counting_send(message: Any) -> None:
             if message["type"] == "http.response.start":

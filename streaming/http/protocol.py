@@ -75,7 +75,9 @@ class CompletionRequest:
 
 
 # Fields each endpoint implements.
-_COMMON = {"model", "stream", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "n", "stream_options", "user"}
+_COMMON = {
+    "model", "stream", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "n", "stream_options", "user",
+}
 _COMPLETION_FIELDS = _COMMON | {"prompt"}
 _CHAT_FIELDS = _COMMON | {"messages", "max_completion_tokens"}
 
@@ -168,7 +170,9 @@ def _stream_options(body: dict[str, Any], stream: bool) -> tuple[bool, bool]:
         raise _bad("'stream_options' is only allowed when 'stream' is true", "stream_options", "invalid_value")
     for key, value in options.items():
         if key not in ("include_usage", "include_drafts"):
-            raise _bad(f"Unrecognized stream option: 'stream_options.{key}'", f"stream_options.{key}", "unknown_parameter")
+            raise _bad(
+                f"Unrecognized stream option: 'stream_options.{key}'", f"stream_options.{key}", "unknown_parameter"
+            )
         if not isinstance(value, bool):
             raise _bad(f"'stream_options.{key}' must be a boolean", f"stream_options.{key}", "invalid_type")
     return bool(options.get("include_usage", False)), bool(options.get("include_drafts", False))

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import uvicorn
 
@@ -36,7 +37,7 @@ async def serve_http(
     *,
     settings: HttpSettings | None = None,
     hub: StreamHub | None = None,
-    alongside: Callable[[StreamHub], Awaitable[None]] | None = None,
+    alongside: Callable[[StreamHub], Coroutine[Any, Any, None]] | None = None,
     log_level: str = "warning",
     on_ready: Callable[[str, int], None] | None = None,
 ) -> None:
@@ -111,7 +112,7 @@ def run_server(
 def _mqtt_worker(
     broker: str, generator: Any, tokenizer: Any, settings: HttpSettings, max_tokens_cap: int, *,
     username: str | None = None, password: str | None = None, tls_ca: str | None = None, start_broker: bool = False,
-) -> Callable[[StreamHub], Awaitable[None]]:  # fmt: skip
+) -> Callable[[StreamHub], Coroutine[Any, Any, None]]:  # fmt: skip
     from ..mqtt import BrokerConfig, RequestLimits, Worker, WorkerSettings
 
     config = BrokerConfig.from_url(broker, username=username, password=password, tls_ca=tls_ca)

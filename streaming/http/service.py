@@ -17,14 +17,15 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator
+from typing import Any
 
 import torch
 from transformers import StoppingCriteriaList
 
-from ..events import CommitEvent, EndEvent, ErrorEvent, ProvisionalEvent
 from .. import StreamHub
+from ..events import CommitEvent, EndEvent, ErrorEvent, ProvisionalEvent
 from .metrics import Metrics
 from .protocol import ApiError, CompletionRequest
 from .settings import HttpSettings
@@ -143,11 +144,15 @@ class Frontend:
             return list(request.prompt_ids)
         if request.messages is not None:
             if not getattr(tok, "chat_template", None):
-                raise ApiError(400, "this model's tokenizer has no chat template; use /v1/completions", param="messages")
+                raise ApiError(
+                    400, "this model's tokenizer has no chat template; use /v1/completions", param="messages"
+                )
             try:
                 ids = tok.apply_chat_template(request.messages, add_generation_prompt=True, tokenize=True)
             except Exception as exc:  # noqa: BLE001 - a template may reject a message order
-                raise ApiError(400, f"the chat template rejected the messages: {str(exc)[:300]}", param="messages")
+                raise ApiError(
+                    400, f"the chat template rejected the messages: {str(exc)[:300]}", param="messages"
+                ) from exc
             if hasattr(ids, "keys"):
                 ids = ids["input_ids"]
         else:
@@ -159,7 +164,9 @@ class Frontend:
 
     # ------------------------------------------------------------------ runs
 
-    async def run(self, request: CompletionRequest, prompt_ids: list[int], admission: Admission) -> AsyncIterator[Piece]:
+    async def run(
+        self, request: CompletionRequest, prompt_ids: list[int], admission: Admission
+    ) -> AsyncIterator[Piece]:
         """Generate for ``request``; yields :class:`Piece`\\ s, the last one ``end`` (or ``error`` then ``end``).
 
         Gives ``admission`` back when the generation is over. Leaving early
@@ -238,7 +245,7 @@ class Frontend:
                     yield Piece(kind="content", text=tail)
                 reason = "stop" if stops.stopped else _FINISH.get(event.finish_reason, event.finish_reason)
                 usage = event.usage
-                steps = 0 if first_step is None else last_step - first_step + 1
+                steps = 0 if first_step is None or last_step is None else last_step - first_step + 1
                 yield Piece(kind="end", finish_reason=reason, usage=_usage(usage, steps))
 
     async def _cancel(self, stream: Any, admission: Admission) -> None:

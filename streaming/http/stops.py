@@ -20,7 +20,8 @@ Example (stop ``"END"``): deltas ``"ab"``, ``"cE"``, ``"ND more"`` release
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any, cast
 
 import torch
 from transformers import StoppingCriteria
@@ -65,7 +66,8 @@ class StopStringCriteria(StoppingCriteria):
             self._text += self._detok.step(new_ids)
             tail = self._text[start:]
             self._found = any(stop in tail for stop in self._stops)
-        return torch.full((input_ids.shape[0],), self._found, dtype=torch.bool, device=input_ids.device)
+        found = torch.full((input_ids.shape[0],), self._found, dtype=torch.bool, device=input_ids.device)
+        return cast(torch.BoolTensor, found)
 
 
 class StopTextFilter:

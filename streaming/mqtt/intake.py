@@ -178,7 +178,9 @@ def closed_log(events: list[Event]) -> EventLog:
     return log_
 
 
-def encode_prompt(tokenizer: Any, request: GenerationRequest, limits: RequestLimits, vocab_size: int | None) -> list[int]:
+def encode_prompt(
+    tokenizer: Any, request: GenerationRequest, limits: RequestLimits, vocab_size: int | None
+) -> list[int]:
     """The request's prompt as token ids; :class:`BadRequestError` when it cannot be served."""
     try:
         if request.input_ids is not None:

@@ -242,7 +242,7 @@ class AiomqttTransport:
         except self._aiomqtt.MqttError as exc:
             raise TransportError(f"unsubscribe from {topic} failed: {exc}") from exc
 
-    async def messages(self) -> AsyncIterator[Message]:  # type: ignore[override]
+    async def messages(self) -> AsyncIterator[Message]:
         iterator = self._client.messages.__aiter__()
         while True:
             try:

@@ -105,7 +105,10 @@ class Worker:
             hub = StreamHub(retention_s=s.linger_s)  # its logs are the replay store
         self.hub = hub
         self.intake = Intake(
-            s.limits, max_open_streams=s.max_open_streams, max_tracked_streams=s.max_tracked_streams, linger_s=s.linger_s
+            s.limits,
+            max_open_streams=s.max_open_streams,
+            max_tracked_streams=s.max_tracked_streams,
+            linger_s=s.linger_s,
         )
         self.guards = Guards(
             self.config,
