@@ -6,11 +6,12 @@ import asyncio
 
 import pytest
 import torch
-from _streaming_fixtures import byte_level_tokenizer, run, tiny_llama
 
 from specdec import SpeculativeGenerator
 from specdec.drafts import NGramDrafter
 from specdec.streaming import CommitEvent, EndEvent, StreamHub
+
+from _streaming_fixtures import byte_level_tokenizer, run, tiny_llama
 
 PROMPTS = [
     "the quick brown fox jumps over the lazy dog",
