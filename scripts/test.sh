@@ -9,9 +9,14 @@ bash scripts/setup.sh --dev
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 PYTEST=(.venv/bin/python -m pytest -q --timeout=600 "$@")
 
+set +e
+start=$SECONDS
+echo "test: lint: ruff and mypy (scripts/lint.sh)"
+bash scripts/lint.sh
+lint=$?
+echo "test: lint took $((SECONDS - start)) s (exit $lint)"
 start=$SECONDS
 echo "test: stage 1/2: the suite on tiny random models (-m 'not slow')"
-set +e
 "${PYTEST[@]}" -m "not slow"
 fast=$?
 echo "test: stage 1/2 took $((SECONDS - start)) s (exit $fast)"
@@ -21,4 +26,4 @@ echo "test: stage 2/2: the default model (-m slow)"
 slow=$?
 echo "test: stage 2/2 took $((SECONDS - start)) s (exit $slow)"
 set -e
-[ "$fast" -eq 0 ] && [ "$slow" -eq 0 ]
+[ "$lint" -eq 0 ] && [ "$fast" -eq 0 ] && [ "$slow" -eq 0 ]
