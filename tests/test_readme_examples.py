@@ -76,3 +76,18 @@ def test_mqtt_client_example_runs_against_a_worker(tiny_dir):  # noqa: F811
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
+
+
+def test_eagle_head_example_runs():
+    assert "identical to target.generate: yes" in _run_example("eagle_head.py")
+
+
+def test_openai_client_example_runs_against_a_real_http_server(tmp_path):
+    from http_fixtures import save_model, start_cli_server
+
+    server = start_cli_server(save_model(tmp_path / "model"), tmp_path / "server.log")
+    try:
+        out = _run_example("openai_client.py", timeout=300, SPECDEC_URL=server.url + "/v1")
+    finally:
+        server.stop()
+    assert "'drafted'" in out and "'accepted'" in out  # the usage chunk with our acceptance figures
