@@ -63,7 +63,8 @@ def run_generation(
             interrupted = True
             cancel_requested.set()
 
-        ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # e.g. started in a background job
+        previous = signal.getsignal(signal.SIGINT)
+        ignored = previous is signal.SIG_IGN  # e.g. started in a background job
         if not ignored:
             loop.add_signal_handler(signal.SIGINT, on_sigint)  # before the generation thread exists
         try:
@@ -84,6 +85,8 @@ def run_generation(
         finally:
             if not ignored:
                 loop.remove_signal_handler(signal.SIGINT)
+                if previous is not None:
+                    signal.signal(signal.SIGINT, previous)  # e.g. the entry point's quiet exit
 
     return asyncio.run(run()), interrupted
 
@@ -176,7 +179,8 @@ async def _serve(args: argparse.Namespace, url: str, generator: Any, tokenizer: 
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in previous:
         loop.add_signal_handler(sig, stop.set)
     broker = None
     tasks: list[asyncio.Task[Any]] = []
@@ -233,7 +237,9 @@ async def _serve(args: argparse.Namespace, url: str, generator: Any, tokenizer: 
             task.cancel()
         if broker is not None:
             broker.close()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig, handler in previous.items():
             loop.remove_signal_handler(sig)
+            if handler is not None:
+                signal.signal(sig, handler)  # e.g. the entry point's quiet exit
     print("specdec serve: stopped", file=sys.stderr, flush=True)
     return 0

@@ -110,14 +110,40 @@ def test_ctrl_c_during_generation_prints_text_and_stats_and_exits_130(tiny_dir):
 
 
 def test_ctrl_c_while_loading_exits_130_quietly(tiny_dir):
+    """Ctrl-C right after "loading": exit 130, no traceback, no stats.
+
+    The tiny model loads in about half a second, so on a loaded machine the
+    signal can land later (during or after the generation). Every attempt must
+    then still end well (130 with cancelled stats, or 0 when it had finished);
+    at least one of three must land while loading.
+    """
+    landed_while_loading = False
+    for _ in range(3):
+        proc, out, err = _spawn("generate", "hello", "--target", str(tiny_dir), "--no-chat", "--max-new-tokens", "8")
+        err.wait_for(lambda data: b"specdec: loading" in data, 120, proc)
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=60)
+        log = err.text()
+        _no_crash(log)
+        assert code in (0, 130), log[-3000:]  # never killed by the signal (-2)
+        if "tokens in" not in log:
+            assert code == 130, log[-3000:]
+            landed_while_loading = True
+            break
+        assert ("| cancelled]" in log) == (code == 130), log[-3000:]
+    assert landed_while_loading
+
+
+def test_ctrl_c_after_the_output_exits_0_or_130_never_by_signal(tiny_dir):
+    """The process leaves without the interpreter's slow teardown, so a late Ctrl-C cannot kill it by signal."""
     proc, out, err = _spawn("generate", "hello", "--target", str(tiny_dir), "--no-chat", "--max-new-tokens", "8")
-    err.wait_for(lambda data: b"specdec: loading" in data, 120, proc)  # before any generation
+    err.wait_for(lambda data: b"tokens in" in data, 120, proc)
+    started = time.monotonic()
     proc.send_signal(signal.SIGINT)
     code = proc.wait(timeout=60)
-    log = err.text()
-    assert code == 130, log[-3000:]
-    _no_crash(log)
-    assert "tokens in" not in log  # it stopped while loading, before generating
+    _no_crash(err.text())
+    assert code in (0, 130)
+    assert time.monotonic() - started < 1.5  # no seconds of teardown after the stats line
 
 
 def test_ctrl_c_while_importing_the_cli_exits_130_quietly():
