@@ -1,4 +1,4 @@
-"""The ``specdec`` command line: ``generate``, ``serve`` and ``bench``.
+"""The ``specdec`` command line: ``generate``, ``serve``, ``bench``, ``train-draft``, ``up`` and ``down``.
 
 This is the one module that wires the three packages together: the core
 (``specdec``), the drafters (``specdec.drafts``) and the streaming layer
@@ -6,7 +6,9 @@ This is the one module that wires the three packages together: the core
 ``specdec --help`` and every argument check (:mod:`specdec.cli_checks`) run
 before anything heavy loads. Ctrl-C during generation stops within one step
 and prints the text so far and the statistics (exit 130); at any other moment
-it exits 130 quietly. ``serve`` stops on SIGINT or SIGTERM (exit 0).
+it exits 130 quietly. ``serve`` stops on SIGINT or SIGTERM (exit 0). ``up``
+keeps a model loaded in a background worker that ``generate`` then uses
+(:mod:`specdec.cli_resident`).
 """
 
 from __future__ import annotations
@@ -70,6 +72,16 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+class _RaisingParser(_Parser):
+    """The same parser for a request that arrives over a socket: an error raises, the process stays."""
+
+    def error(self, message: str) -> Any:
+        raise InvalidArgumentError(message)
+
+    def exit(self, status: int = 0, message: str | None = None) -> Any:
+        raise InvalidArgumentError(message or f"the arguments were refused (status {status})")
+
+
 def _number(kind: type, low: float, high: float | None = None, *, low_open: bool = False):
     """An argparse type: a finite ``kind`` in [low, high] (or (low, high] with ``low_open``)."""
 
@@ -107,9 +119,13 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-v", "--verbose", action="store_true", help="say which dtype and device were chosen and why")
 
 
-def build_parser(*, with_bench: bool = True) -> argparse.ArgumentParser:
-    """The parser; ``with_bench=False`` leaves out ``bench``'s own options (they import torch)."""
-    parser = _Parser(prog="specdec", description="Lossless speculative decoding for HF causal LMs.")
+def build_parser(*, with_bench: bool = True, raising: bool = False) -> argparse.ArgumentParser:
+    """The parser; ``with_bench=False`` leaves out ``bench``'s own options (they import torch).
+
+    ``raising=True``: errors raise :class:`InvalidArgumentError` instead of exiting.
+    """
+    kind = _RaisingParser if raising else _Parser
+    parser = kind(prog="specdec", description="Lossless speculative decoding for HF causal LMs.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     gen = sub.add_parser(
@@ -137,6 +153,25 @@ def build_parser(*, with_bench: bool = True) -> argparse.ArgumentParser:
         help="then run the target alone (HF generate) on the same input and print both speeds",
     )  # fmt: skip
     gen.add_argument("--json", action="store_true", help="print the statistics as JSON on the last line")
+    gen.add_argument(
+        "--in-process", action="store_true",
+        help="load the model in this process even when `specdec up` keeps one loaded",
+    )  # fmt: skip
+
+    up = sub.add_parser(
+        "up", help="keep a model loaded in the background: later `generate` calls start in about a second",
+        description="Start a background worker that loads the model once and serves `specdec generate` calls "
+        "with the same --target/--draft/--dtype/--device over a Unix socket.",
+    )  # fmt: skip
+    _add_model_arguments(up)
+    up.add_argument(
+        "--idle-minutes", type=_number(float, 0), default=15.0,
+        help="stop after this many minutes without a request (0: only on `specdec down`; default 15)",
+    )  # fmt: skip
+    up.add_argument("--foreground", action="store_true", help="run the worker in this process (what `up` starts)")
+    down = sub.add_parser("down", help="stop the background worker that `specdec up` started")
+    _add_model_arguments(down)
+    down.add_argument("--all", action="store_true", help="stop every worker, whatever its model")
 
     serve = sub.add_parser(
         "serve", help="serve generation requests over MQTT and/or HTTP (SIGINT/SIGTERM stop it)"
@@ -256,12 +291,24 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     prompt = checks.check_prompt(sys.stdin.read() if args.prompt == "-" else args.prompt)
     check_model_arguments(args)
     generate_kwargs = _generate_kwargs(args)  # refuses bad sampling values before any model loads
+    if not args.in_process and not args.compare:
+        from .cli_resident import try_resident
+
+        code = try_resident(args, prompt)
+        if code is not None:
+            return code
     generator, model, tokenizer = _prepare(args)
     input_ids = encode_prompt(tokenizer, prompt, args.chat, args.system)
     out, interrupted = run_generation(generator, input_ids, tokenizer, generate_kwargs, args.show_drafts)
     print_stats(out, args.json)
     if interrupted:
         return EXIT_INTERRUPTED
+    if sys.stderr.isatty() and not args.json:
+        print(
+            "specdec: tip: `specdec up` keeps this model loaded in the background; later `specdec generate` calls "
+            "with the same model arguments skip the import and load",
+            file=sys.stderr,
+        )
     if args.compare:
         compare_with_target(model, input_ids, out, generate_kwargs)
     return 0
@@ -343,6 +390,29 @@ def _cmd_train_draft(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_up(args: argparse.Namespace) -> int:
+    from .cli_resident import cmd_up, make_prepare, worker_main
+
+    check_model_arguments(args)
+    if not args.foreground:
+        model_argv = ["--dtype", args.dtype, "--idle-minutes", repr(args.idle_minutes)]
+        for flag, value in (("--target", args.target), ("--draft", args.draft), ("--device", args.device),
+                            ("--num-draft-tokens", args.num_draft_tokens)):  # fmt: skip
+            if value is not None:
+                model_argv += [flag, str(value)]
+        return cmd_up(args, model_argv)
+    generator, _, tokenizer = _prepare(args)
+    parser = build_parser(with_bench=False, raising=True)
+    prepare = make_prepare(tokenizer, lambda argv: parser.parse_args(["generate", *argv]), _generate_kwargs)
+    return worker_main(args, generator, tokenizer, prepare)
+
+
+def _cmd_down(args: argparse.Namespace) -> int:
+    from .cli_resident import cmd_down
+
+    return cmd_down(args)
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from specdec.bench import run_bench
 
@@ -359,6 +429,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         command = f"specdec {args.command}"
         commands = {
             "generate": _cmd_generate, "serve": _cmd_serve, "bench": _cmd_bench, "train-draft": _cmd_train_draft,
+            "up": _cmd_up, "down": _cmd_down,
         }  # fmt: skip
         return commands[args.command](args)
     except (SpecDecError, ValueError) as exc:

@@ -24,8 +24,9 @@ import time
 from typing import Any
 
 __all__ = [
-    "compare_with_target", "encode_prompt", "print_stats", "repeats_itself", "run_generation", "serve_until_signal",
-]
+    "compare_with_target", "encode_prompt", "print_stats", "print_stats_dict", "repeats_itself", "run_generation",
+    "serve_until_signal",
+]  # fmt: skip
 
 
 def encode_prompt(tokenizer: Any, prompt: str, chat: bool | None, system: str | None) -> Any:
@@ -102,14 +103,20 @@ def repeats_itself(token_ids: list[int], *, tail: int = 48, max_period: int = 16
 def print_stats(out: Any, as_json: bool) -> None:
     stats = out.stats
     completion = out.sequences[0, stats.prompt_tokens :].tolist() if stats.prompt_tokens else []
+    print_stats_dict(stats.as_dict(), str(out.finish_reason), completion, as_json)
+
+
+def print_stats_dict(stats: dict[str, Any], finish_reason: str, completion: list[int], as_json: bool) -> None:
+    """The statistics line (stderr), or one JSON line (stdout): from ``GenerationStats.as_dict()``."""
     looping = repeats_itself(completion)
     if as_json:
-        print(json.dumps({"finish_reason": out.finish_reason, "repeats_itself": looping, **stats.as_dict()}))
+        print(json.dumps({"finish_reason": finish_reason, "repeats_itself": looping, **stats}))
         return
     print(
-        f"[{stats.new_tokens} tokens in {stats.wall_time_s:.2f} s = {stats.tokens_per_s:.1f} tok/s | "
-        f"{stats.steps} target steps, {stats.mean_accepted_per_step:.2f} tokens/step | "
-        f"drafted {stats.drafted}, accepted {stats.accepted} ({stats.acceptance_rate:.0%}) | {out.finish_reason}]",
+        f"[{stats['new_tokens']} tokens in {stats['wall_time_s']:.2f} s = {stats['tokens_per_s']:.1f} tok/s | "
+        f"{stats['steps']} target steps, {stats['mean_accepted_per_step']:.2f} tokens/step | "
+        f"drafted {stats['drafted']}, accepted {stats['accepted']} ({stats['acceptance_rate']:.0%}) | "
+        f"{finish_reason}]",
         file=sys.stderr,
     )
     if looping:
