@@ -7,7 +7,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --dev
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-PYTEST=(.venv/bin/python -m pytest -q --timeout=600 "$@")
+# One pytest worker per core (pytest-xdist), each test file on one worker so that a module's fixtures
+# (a broker, a server process, a loaded model) are built once. SPECDEC_TEST_WORKERS=0 runs in one process.
+WORKERS=${SPECDEC_TEST_WORKERS:-$(nproc 2>/dev/null || echo 2)}
+PARALLEL=()
+if [ "$WORKERS" -gt 1 ]; then
+    PARALLEL=(-n "$WORKERS" --dist loadfile)
+fi
+PYTEST=(.venv/bin/python -m pytest -q --timeout=600 "${PARALLEL[@]}" "$@")
 
 set +e
 start=$SECONDS
