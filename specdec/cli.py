@@ -400,6 +400,8 @@ def _cmd_up(args: argparse.Namespace) -> int:
                             ("--num-draft-tokens", args.num_draft_tokens)):  # fmt: skip
             if value is not None:
                 model_argv += [flag, str(value)]
+        if getattr(args, "compile", False):
+            model_argv.append("--compile")
         return cmd_up(args, model_argv)
     generator, _, tokenizer = _prepare(args)
     parser = build_parser(with_bench=False, raising=True)

@@ -31,7 +31,10 @@ READY_TIMEOUT_S = 900.0  # a first run converts the default GGUF, which can take
 def key_for(args: argparse.Namespace) -> str:
     from specdec.streaming.resident import worker_key
 
-    return worker_key(target=args.target, draft=args.draft, dtype=args.dtype, device=args.device)
+    return worker_key(
+        target=args.target, draft=args.draft, dtype=args.dtype, device=args.device,
+        compiled=bool(getattr(args, "compile", False)),
+    )  # fmt: skip
 
 
 def generate_argv(args: argparse.Namespace, prompt: str) -> list[str]:

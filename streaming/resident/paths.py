@@ -34,14 +34,18 @@ def _reference(value: str | None) -> str | None:
     return str(path.resolve()) if path.exists() else value
 
 
-def worker_key(*, target: str | None, draft: str | None, dtype: str | None, device: str | None) -> str:
+def worker_key(
+    *, target: str | None, draft: str | None, dtype: str | None, device: str | None, compiled: bool = False
+) -> str:
     """A short name for these model arguments: the same arguments find the same worker."""
-    identity = {
+    identity: dict[str, object] = {
         "target": _reference(target) or "default",
         "draft": _reference(draft) or "ngram",
         "dtype": dtype or "auto",
         "device": device or "auto",
     }
+    if compiled:
+        identity["compiled"] = True
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
     return digest[:16]
 
