@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -32,7 +31,7 @@ from specdec.streaming.mqtt import (
     new_stream_id,
     serve,
 )
-from specdec.streaming.mqtt.broker import LocalMosquitto, find_mosquitto, free_port
+from specdec.streaming.mqtt.broker import free_port
 from specdec.streaming.mqtt.protocol import decode_event, encode_json
 
 from mqtt_fixtures import (  # noqa: F401 - secured_broker is a fixture

@@ -295,8 +295,9 @@ def parse_request(payload: bytes | str, limits: RequestLimits | None = None) -> 
             total += len(message["content"])
         if total > limits.max_prompt_chars:
             raise bad(f"`messages` hold {total} characters; the limit is {limits.max_prompt_chars}")
+        policy = limits.control_characters
         messages = [
-            {"role": m["role"], "content": _clean_text(m["content"], limits.control_characters, f"`messages[{i}]`", bad)}
+            {"role": m["role"], "content": _clean_text(m["content"], policy, f"`messages[{i}]`", bad)}
             for i, m in enumerate(messages)
         ]
     else:
@@ -425,8 +426,8 @@ def decode_event(payload: bytes) -> Event | QueuedEvent:
     """
     data = json.loads(payload.decode("utf-8"))
     if isinstance(data, dict) and data.get("type") == "queued" and data.get("v") == 1:
-        position, stream_id = data.get("position"), data.get("stream_id")
-        if not _is_int(position) or not isinstance(stream_id, str):
+        position, stream_id, ts = data.get("position"), data.get("stream_id"), data.get("ts", 0.0)
+        if not isinstance(position, int) or isinstance(position, bool) or not isinstance(stream_id, str):
             raise ValueError("bad queued event")
-        return QueuedEvent(stream_id=stream_id, position=position, ts=float(data.get("ts", 0.0)))
+        return QueuedEvent(stream_id=stream_id, position=position, ts=float(ts) if _is_number(ts) else 0.0)
     return event_from_dict(data)

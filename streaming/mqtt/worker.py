@@ -168,7 +168,9 @@ class Worker:
         )
         self.ready = asyncio.Event()
         self.status = "new"
-        self.counters = {"requests": 0, "rejected": 0, "served": 0, "reconnects": 0, "controls": 0, "refused_controls": 0}
+        self.counters = {
+            "requests": 0, "rejected": 0, "served": 0, "reconnects": 0, "controls": 0, "refused_controls": 0,
+        }
         self._tg: asyncio.TaskGroup | None = None
         self._stop = asyncio.Event()
         self._stopping = False
