@@ -203,7 +203,8 @@ class Slots:
         except asyncio.CancelledError:
             if future.done() and not future.cancelled() and future.result():
                 self.release()  # granted and cancelled in the same turn: hand the slot on
-            self._drop(ws)
+            else:
+                self.leave(ws)  # the ones behind it move up
             raise
 
     def release(self) -> None:
@@ -228,9 +229,6 @@ class Slots:
                 self._announce(start=i)
                 return True
         return False
-
-    def _drop(self, ws: WorkerStream) -> None:
-        self._waiting = [(other, f) for other, f in self._waiting if other is not ws]
 
     def _announce(self, start: int = 0) -> None:
         for i, (other, _) in enumerate(self._waiting[start:], start=start):
