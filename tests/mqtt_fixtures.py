@@ -150,28 +150,41 @@ def _make_tls(folder: Path) -> None:
     (folder / "server.key").chmod(0o644)  # mosquitto may drop privileges before reading it
 
 
-@pytest.fixture
-def secured_broker(tmp_path):
-    """examples/mosquitto as shipped, with its paths moved to tmp_path and its listeners to free loopback ports."""
+def _secured(folder: Path):
+    """examples/mosquitto as shipped, with its paths moved to ``folder`` and its listeners to free loopback ports."""
     need_binary("mosquitto")
     passwd = need_binary("mosquitto_passwd")
     for i, (user, password) in enumerate(USERS.items()):
         flags = ["-c", "-b"] if i == 0 else ["-b"]
-        subprocess.run([passwd, *flags, str(tmp_path / "passwd"), user, password], check=True, capture_output=True)
-    shutil.copy(EXAMPLE / "acl", tmp_path / "acl")
-    _make_tls(tmp_path)
+        subprocess.run([passwd, *flags, str(folder / "passwd"), user, password], check=True, capture_output=True)
+    shutil.copy(EXAMPLE / "acl", folder / "acl")
+    _make_tls(folder)
     plain, tls = free_port(), free_port()
     text = (EXAMPLE / "mosquitto.conf").read_text()
     assert "listener 1883 127.0.0.1" in text and "\nlistener 8883\n" in text  # the shapes this fixture rewrites
-    text = text.replace("/etc/mosquitto/specdec", str(tmp_path))
+    text = text.replace("/etc/mosquitto/specdec", str(folder))
     text = text.replace("listener 1883 127.0.0.1", f"listener {plain} 127.0.0.1")
     text = text.replace("\nlistener 8883\n", f"\nlistener {tls} 127.0.0.1\n")  # loopback only in tests
-    text += f"\nlog_dest file {tmp_path / 'mosquitto.log'}\n"
-    if os.geteuid() == 0:  # as root, mosquitto would switch to its own user, which cannot read tmp_path
+    text += f"\nlog_dest file {folder / 'mosquitto.log'}\n"
+    if os.geteuid() == 0:  # as root, mosquitto would switch to its own user, which cannot read the folder
         text += "user root\n"
-    with LocalMosquitto(port=plain, config_text=text) as broker:
-        broker.tls_port = tls
-        broker.folder = tmp_path
+    broker = LocalMosquitto(port=plain, config_text=text)
+    broker.tls_port = tls  # type: ignore[attr-defined]
+    broker.folder = folder  # type: ignore[attr-defined]
+    return broker
+
+
+@pytest.fixture
+def secured_broker(tmp_path):
+    """A broker running examples/mosquitto as shipped (passwords, ACL, TLS), for one test."""
+    with _secured(tmp_path) as broker:
+        yield broker
+
+
+@pytest.fixture(scope="module")
+def shared_secured_broker(tmp_path_factory):
+    """The same, shared by a module's tests (each uses fresh stream ids; one restarts it, same port)."""
+    with _secured(tmp_path_factory.mktemp("secured-broker")) as broker:
         yield broker
 
 

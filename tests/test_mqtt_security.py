@@ -1,7 +1,7 @@
 """Strangers on the broker cannot disturb a stream (issue 17), against the shipped secure config.
 
 Each test reproduces one finding of the adversarial run and shows it fixed: the broker runs
-``examples/mosquitto`` as shipped (passwords, ACL, TLS; see ``mqtt_fixtures.secured_broker``), the
+``examples/mosquitto`` as shipped (passwords, ACL, TLS; see ``mqtt_fixtures.shared_secured_broker``), the
 worker logs in as ``worker1`` and everybody else, requester and attacker alike, as ``client1``.
 """
 
@@ -33,13 +33,13 @@ from specdec.streaming.mqtt.intake import encode_prompt
 from specdec.streaming.mqtt.protocol import decode_event, encode_json
 from specdec.streaming.mqtt.worker import engine_capacity
 
-from mqtt_fixtures import (  # noqa: F401 - broker and secured_broker are fixtures
+from mqtt_fixtures import (  # noqa: F401 - broker and shared_secured_broker are fixtures
     USERS,
     broker,
     reference_ids,
     run,
     secure_config,
-    secured_broker,
+    shared_secured_broker,
     tiny_generator,
     tiny_tokenizer,
 )
@@ -48,6 +48,11 @@ pytestmark = pytest.mark.mqtt
 
 PROMPT = "the quick brown fox"
 SETTINGS = WorkerSettings(model_name="tiny-llama", draft_name="ngram", limits=RequestLimits(max_new_tokens_cap=128))
+
+
+@pytest.fixture(scope="module")
+def secure(shared_secured_broker):  # noqa: F811 - the module's broker, shipped config
+    return shared_secured_broker
 
 
 def _worker(broker, *, delay_s: float = 0.0, settings: WorkerSettings = SETTINGS) -> Worker:
@@ -82,12 +87,12 @@ async def _collect(transport, topic: str, *, until_end: bool = True, quiet_s: fl
                 deadline = time.monotonic() + quiet_s
 
 
-def test_taking_over_the_worker_s_or_a_guard_s_client_id_is_not_possible(secured_broker):
+def test_taking_over_the_worker_s_or_a_guard_s_client_id_is_not_possible(secure):
     """Finding 1: a client user connecting with a guard's id fired its Will; with the worker's id, dropped it."""
 
     async def body():
-        async with _worker(secured_broker, delay_s=0.03) as worker, StreamClient(
-            _client_config(secured_broker)
+        async with _worker(secure, delay_s=0.03) as worker, StreamClient(
+            _client_config(secure)
         ) as client:
             sid = new_stream_id()
             events = []
@@ -101,9 +106,9 @@ def test_taking_over_the_worker_s_or_a_guard_s_client_id_is_not_possible(secured
                 events.append(event)
                 if event.type == "commit" and len(events) == 3:
                     for client_id in attempts:  # each connection would take over a live one of that id
-                        async with connect(_client_config(secured_broker), client_id=client_id):
+                        async with connect(_client_config(secure), client_id=client_id):
                             await asyncio.sleep(0.05)
-            async with connect(_client_config(secured_broker)) as watch:
+            async with connect(_client_config(secure)) as watch:
                 await watch.subscribe(worker_status_topic(worker.worker_id))
                 status = json.loads((await asyncio.wait_for(watch.messages().__anext__(), 5)).payload)
             real_ids = {worker.connection.client_id, worker.guards.client_id(sid)}
@@ -116,13 +121,13 @@ def test_taking_over_the_worker_s_or_a_guard_s_client_id_is_not_possible(secured
     assert not real_ids & set(attempts) and all(len(cid) > 40 for cid in real_ids)  # secret, unguessable
 
 
-def test_a_forged_cancel_is_ignored_and_the_requester_s_is_obeyed(secured_broker):
+def test_a_forged_cancel_is_ignored_and_the_requester_s_is_obeyed(secure):
     """Finding 4: anyone could cancel any stream; now a cancel must carry the requester's token."""
 
     async def body():
-        async with _worker(secured_broker, delay_s=0.02) as worker, StreamClient(
-            _client_config(secured_broker)
-        ) as client, connect(_client_config(secured_broker)) as stranger:
+        async with _worker(secure, delay_s=0.02) as worker, StreamClient(
+            _client_config(secure)
+        ) as client, connect(_client_config(secure)) as stranger:
             sid = new_stream_id()
             events = []
             async for event in client.generate(PROMPT, stream_id=sid, max_new_tokens=40):
@@ -145,12 +150,12 @@ def test_a_forged_cancel_is_ignored_and_the_requester_s_is_obeyed(secured_broker
     assert mine[-1].finish_reason == "cancelled" and len(_commits(mine)) < 120
 
 
-def test_twenty_resumes_republish_at_most_one_log(secured_broker):
+def test_twenty_resumes_republish_at_most_one_log(secure):
     """Finding 4: 20 resumes republished the whole log 20 times; now replays are coalesced and rate-limited."""
 
     async def body():
-        async with _worker(secured_broker) as _w, StreamClient(_client_config(secured_broker)) as client, connect(
-            _client_config(secured_broker)
+        async with _worker(secure) as _w, StreamClient(_client_config(secure)) as client, connect(
+            _client_config(secure)
         ) as stranger:
             sid = new_stream_id()
             own = [e async for e in client.generate(PROMPT, stream_id=sid, max_new_tokens=30)]
@@ -171,11 +176,11 @@ def test_twenty_resumes_republish_at_most_one_log(secured_broker):
     assert len(later) == len(own)
 
 
-def test_a_1mb_prompt_and_a_nan_temperature_get_bad_request_within_a_second(secured_broker):
+def test_a_1mb_prompt_and_a_nan_temperature_get_bad_request_within_a_second(secure):
     """Finding 3: neither got any event (the size check and the JSON parse ran before stream_id was read)."""
 
     async def body():
-        async with _worker(secured_broker) as worker, connect(_client_config(secured_broker)) as raw:
+        async with _worker(secure) as worker, connect(_client_config(secure)) as raw:
             answers = {}
             for name, payload in {
                 "huge": b'{"v": 1, "stream_id": "%s", "prompt": "' + b"x" * 1_000_000 + b'"}',
@@ -189,7 +194,7 @@ def test_a_1mb_prompt_and_a_nan_temperature_get_bad_request_within_a_second(secu
                 await raw.publish(REQUEST_TOPIC, payload.replace(b"%s", sid.encode(), 1))
                 events = await _collect(raw, events_topic(sid), quiet_s=0.3)
                 answers[name] = (events, events[-1].ts - sent if events else None)
-            async with StreamClient(_client_config(secured_broker)) as client:  # and the worker keeps serving
+            async with StreamClient(_client_config(secure)) as client:  # and the worker keeps serving
                 after = [e async for e in client.generate(PROMPT, max_new_tokens=8)]
             return answers, after, worker.counters["rejected"]
 
@@ -202,11 +207,11 @@ def test_a_1mb_prompt_and_a_nan_temperature_get_bad_request_within_a_second(secu
     assert rejected == 4 and _commits(after) == reference_ids(PROMPT, 8)
 
 
-def test_generate_and_watch_with_no_worker_raise_within_their_timeout(secured_broker):
+def test_generate_and_watch_with_no_worker_raise_within_their_timeout(secure):
     """Finding 3: a client re-sent resumes forever when nobody answered."""
 
     async def body():
-        async with StreamClient(_client_config(secured_broker)) as client:
+        async with StreamClient(_client_config(secure)) as client:
             started = time.monotonic()
             with pytest.raises(NoWorkerError, match="no worker answered"):
                 async for _ in client.generate(PROMPT, max_new_tokens=5, timeout=1.0):
@@ -222,13 +227,13 @@ def test_generate_and_watch_with_no_worker_raise_within_their_timeout(secured_br
     assert 0.9 < generate_s < 2.0 and 0.9 < watch_s < 2.0
 
 
-def test_a_watcher_across_a_broker_restart_gets_the_whole_stream_and_no_worker_lost(secured_broker):
+def test_a_watcher_across_a_broker_restart_gets_the_whole_stream_and_no_worker_lost(secure):
     """Finding 2: mosquitto publishes every Will when it stops; the watcher's grace ran out while it reconnected."""
 
     async def body():
-        async with _worker(secured_broker, delay_s=0.02) as _w, StreamClient(
-            _client_config(secured_broker), worker_lost_grace_s=0.5
-        ) as requester, StreamClient(_client_config(secured_broker), worker_lost_grace_s=0.5) as watcher:
+        async with _worker(secure, delay_s=0.02) as _w, StreamClient(
+            _client_config(secure), worker_lost_grace_s=0.5
+        ) as requester, StreamClient(_client_config(secure), worker_lost_grace_s=0.5) as watcher:
             sid = new_stream_id()
             own: list = []
             watched: list = []
@@ -246,7 +251,7 @@ def test_a_watcher_across_a_broker_restart_gets_the_whole_stream_and_no_worker_l
             async def restart():
                 while len(watched) < 4:
                     await asyncio.sleep(0.01)
-                await asyncio.to_thread(secured_broker.restart, 2.0)  # SIGTERM, 2 s down, same port and config
+                await asyncio.to_thread(secure.restart, 2.0)  # SIGTERM, 2 s down, same port and config
 
             async with asyncio.TaskGroup() as tg:
                 for coro in (request(), watch(), restart()):
@@ -283,7 +288,7 @@ def test_special_token_text_in_user_content_stays_text():
 
 def test_queued_requests_get_their_position_and_busy_follows_capacity(broker):  # noqa: F811
     """Finding 5: queued streams waited without a word; the busy threshold ignored the engine's capacity."""
-    generator = tiny_generator(delay_s=0.03)
+    generator = tiny_generator(delay_s=0.02)  # the first stream runs for seconds: the others arrive meanwhile
     assert engine_capacity(generator) == generator.max_batch_rows
     default = Worker(broker.url, generator, tiny_tokenizer())
     assert default.capacity == generator.max_batch_rows
@@ -295,33 +300,35 @@ def test_queued_requests_get_their_position_and_busy_follows_capacity(broker):  
             broker.url
         ) as client:
             results: dict[str, list] = {}
-            busy_seen = asyncio.Event()
+            answered = {name: asyncio.Event() for name in ("first", "second", "third", "fourth")}
 
-            async def one(name: str, delay: float, cancel_after_busy: bool = False):
-                await asyncio.sleep(delay)
+            async def one(name: str, after: str | None = None, cancel_after: str | None = None, tokens: int = 20):
+                if after is not None:
+                    await answered[after].wait()  # arrive once the one before has its answer
                 results[name] = []
                 try:
-                    async for event in client.generate(PROMPT, max_new_tokens=60):
+                    async for event in client.generate(PROMPT, max_new_tokens=tokens):
                         results[name].append(event)
-                        if cancel_after_busy and len(results[name]) == 1:
-                            await busy_seen.wait()
+                        answered[name].set()
+                        if cancel_after is not None and len(results[name]) == 1:
+                            await answered[cancel_after].wait()
                             await client.cancel(event.stream_id)  # its owner cancels it while it waits
                 except Exception as exc:  # noqa: BLE001 - the busy one raises StreamError
                     results[name].append(exc)
-                    busy_seen.set()
+                    answered[name].set()
 
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(one("first", 0.0))
-                tg.create_task(one("second", 0.3))
-                tg.create_task(one("third", 0.4, cancel_after_busy=True))
-                tg.create_task(one("fourth", 0.5))
+                tg.create_task(one("first", tokens=60))
+                tg.create_task(one("second", after="first"))
+                tg.create_task(one("third", after="second", cancel_after="fourth"))
+                tg.create_task(one("fourth", after="third"))
             return results
 
     results = run(body, 60)
     first, second, third, fourth = (results[k] for k in ("first", "second", "third", "fourth"))
     assert not any(isinstance(e, QueuedEvent) for e in first) and _commits(first) == reference_ids(PROMPT, 60)
     assert [(e.type, e.position) for e in second if isinstance(e, QueuedEvent)][0] == ("queued", 1)
-    assert second[-1].type == "end" and _commits(second) == reference_ids(PROMPT, 60)
+    assert second[-1].type == "end" and _commits(second) == reference_ids(PROMPT, 20)
     assert isinstance(third[0], QueuedEvent) and third[0].position == 2
     assert [(e.seq, e.type, e.finish_reason) for e in third[1:]] == [(0, "end", "cancelled")]
     assert getattr(fourth[-1], "code", None) == "busy" and fourth[-1].retryable  # 1 running + 2 queued
