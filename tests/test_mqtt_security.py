@@ -16,6 +16,7 @@ import pytest
 
 from specdec.streaming.mqtt import (
     REQUEST_TOPIC,
+    BrokerConfig,
     NoWorkerError,
     QueuedEvent,
     RequestLimits,
@@ -298,11 +299,13 @@ def test_queued_requests_get_their_position_and_busy_follows_capacity(broker):  
     async def body():
         async with Worker(broker.url, generator, tiny_tokenizer(), settings=settings) as _w, StreamClient(
             broker.url
-        ) as client:
+        ) as client, connect(BrokerConfig.from_url(broker.url)) as stranger:
             results: dict[str, list] = {}
             answered = {name: asyncio.Event() for name in ("first", "second", "third", "fourth")}
 
-            async def one(name: str, after: str | None = None, cancel_after: str | None = None, tokens: int = 20):
+            async def one(
+                name: str, after: str | None = None, cancel_after: str | None = None, tokens: int = 20, stranger=None
+            ):
                 if after is not None:
                     await answered[after].wait()  # arrive once the one before has its answer
                 results[name] = []
@@ -310,6 +313,10 @@ def test_queued_requests_get_their_position_and_busy_follows_capacity(broker):  
                     async for event in client.generate(PROMPT, max_new_tokens=tokens):
                         results[name].append(event)
                         answered[name].set()
+                        if stranger is not None and len(results[name]) == 1:  # its id is public now: reuse it
+                            forged = {"stream_id": event.stream_id, "prompt": "not yours", "max_new_tokens": 5}
+                            await stranger.publish(REQUEST_TOPIC, encode_json(forged))
+                            await stranger.publish(control_topic(event.stream_id), encode_json({"type": "cancel"}))
                         if cancel_after is not None and len(results[name]) == 1:
                             await answered[cancel_after].wait()
                             await client.cancel(event.stream_id)  # its owner cancels it while it waits
@@ -319,7 +326,7 @@ def test_queued_requests_get_their_position_and_busy_follows_capacity(broker):  
 
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(one("first", tokens=60))
-                tg.create_task(one("second", after="first"))
+                tg.create_task(one("second", after="first", stranger=stranger))
                 tg.create_task(one("third", after="second", cancel_after="fourth"))
                 tg.create_task(one("fourth", after="third"))
             return results

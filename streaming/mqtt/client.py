@@ -337,6 +337,7 @@ class StreamClient:
             attempts = 0
             started = next_seq > 0
             answered = False  # a worker said something about this stream (an event, a queued notice, an error)
+            queued = False  # a worker holds our request in its queue
             lost: ErrorEvent | None = None  # a worker_lost Will, not yet confirmed
             lost_left = 0.0  # seconds of grace left, counted only while connected
             loop = asyncio.get_running_loop()
@@ -388,6 +389,7 @@ class StreamClient:
                     continue
                 answered = True
                 if isinstance(item, QueuedEvent):
+                    queued = True
                     if not started:
                         yield item
                     continue
@@ -401,7 +403,9 @@ class StreamClient:
                                 lost = event
                                 lost_left = self.worker_lost_grace_s
                             await self.resume(stream_id, next_seq - 1)
-                        elif not started:
+                        elif not started and not queued:
+                            # e.g. duplicate_stream: our request was refused. Once a worker took our request
+                            # (queued), such a notice concerns someone else's request with our id: ignore it.
                             raise StreamError(
                                 event.message, code=event.code, retryable=event.retryable, stream_id=stream_id
                             )

@@ -59,6 +59,7 @@ class WorkerStream:
     hub_stream: Any = None  # the hub's Stream, when generating
     cancel_requested: bool = False
     finished_at: float | None = None  # when its publisher finished (monotonic)
+    queued_notice_at: float = -float("inf")  # when a resume last got its `queued` notice (monotonic)
 
     @property
     def finished(self) -> bool:

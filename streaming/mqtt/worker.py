@@ -352,7 +352,10 @@ class Worker:
     def _replay(self, ws: WorkerStream, after_seq: int) -> None:
         position = self.slots.position(ws)
         if position is not None:
-            self._announce_queued(ws, position)  # still waiting: say where
+            now = time.monotonic()
+            if now - ws.queued_notice_at >= self.settings.replay_window_s:  # rate-limited like replays
+                ws.queued_notice_at = now
+                self._announce_queued(ws, position)  # still waiting: say where
         elif ws.publisher is not None and ws.publisher.want_replay(after_seq):
             self._spawn(ws.publisher.replay(), f"replay-{ws.stream_id}")
 
