@@ -403,9 +403,10 @@ class StreamClient:
                                 lost = event
                                 lost_left = self.worker_lost_grace_s
                             await self.resume(stream_id, next_seq - 1)
-                        elif not started and not queued:
+                        elif request_payload is not None and not started and not queued:
                             # e.g. duplicate_stream: our request was refused. Once a worker took our request
-                            # (queued), such a notice concerns someone else's request with our id: ignore it.
+                            # (queued), or for a watcher (who sent none), such a notice concerns someone
+                            # else's request with this id: ignore it.
                             raise StreamError(
                                 event.message, code=event.code, retryable=event.retryable, stream_id=stream_id
                             )
