@@ -2,9 +2,17 @@
 
 One worker holds one loaded :class:`specdec.SpeculativeGenerator`; any number
 of streams can be open at once (queued, generating, or finished and lingering
-for resumes); the hub runs them one after another on the generator. N workers
-share requests through the MQTT 5 shared subscription
+for resumes). Up to the engine's capacity generate at once (:func:`engine_capacity`:
+the generator's ``max_batch_rows`` when its streams share one engine, else 1);
+the rest wait in the worker's queue (:class:`~.intake.Slots`) and hear their
+position through out-of-band ``queued`` notices; beyond the queue, ``busy``.
+N workers share requests through the MQTT 5 shared subscription
 ``$share/specdec/specdec/v1/requests``.
+
+Strangers on the broker (docs/mqtt.md, "Threat model"): the worker's and its
+guards' client ids carry a secret of this process (no takeover, no false Will);
+a ``cancel`` is obeyed only with the token of the stream's request; replays are
+coalesced and rate-limited per stream (:mod:`.publisher`).
 
 The rooms (each its own module):
 
