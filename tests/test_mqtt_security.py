@@ -339,3 +339,34 @@ def test_queued_requests_get_their_position_and_busy_follows_capacity(broker):  
     assert isinstance(third[0], QueuedEvent) and third[0].position == 2
     assert [(e.seq, e.type, e.finish_reason) for e in third[1:]] == [(0, "end", "cancelled")]
     assert getattr(fourth[-1], "code", None) == "busy" and fourth[-1].retryable  # 1 running + 2 queued
+
+
+def test_slots_keep_order_and_cancel_needs_the_request_s_token():
+    """The queue's rules without a broker: first come first served, positions move up, leaving is clean."""
+    from specdec.streaming.mqtt.intake import Intake, Slots, WorkerStream
+    from specdec.streaming.mqtt.protocol import ControlCommand
+
+    async def body():
+        moves: list[tuple[str, int]] = []
+        slots = Slots(1, lambda ws, position: moves.append((ws.stream_id, position)))
+        a, b, c, d = (WorkerStream(name, b"", None) for name in "abcd")
+        assert await slots.acquire(a)
+        waiting = {ws.stream_id: asyncio.ensure_future(slots.acquire(ws)) for ws in (b, c, d)}
+        await asyncio.sleep(0)
+        assert [slots.position(ws) for ws in (a, b, c, d)] == [None, 1, 2, 3]
+        assert slots.leave(c) and not slots.leave(c)  # its owner cancelled it: d moves up
+        waiting["d"].cancel()  # its task went away: nobody is left behind it
+        await asyncio.sleep(0)
+        slots.release()  # a ends: b starts
+        assert await waiting["b"] is True and await waiting["c"] is False and waiting["d"].cancelled()
+        assert slots.running == 1 and slots.position(d) is None
+        return moves
+
+    assert run(body) == [("b", 1), ("c", 2), ("d", 3), ("d", 2)]
+    token = "k" * 24
+    owned = WorkerStream("s", b"", parse_request(json.dumps({"stream_id": "s", "prompt": "x", "token": token})))
+    unowned = WorkerStream("t", b"", parse_request(json.dumps({"stream_id": "t", "prompt": "x"})))
+    assert Intake.may_cancel(owned, ControlCommand("cancel", token=token))
+    for ws, command in ((owned, ControlCommand("cancel")), (owned, ControlCommand("cancel", token="x" * 24)),
+                        (unowned, ControlCommand("cancel")), (unowned, ControlCommand("cancel", token=token))):
+        assert not Intake.may_cancel(ws, command)
