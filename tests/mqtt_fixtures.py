@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
+import shutil
+import subprocess
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -22,7 +25,11 @@ from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from specdec.bench.models import byte_level_bpe, random_llama  # noqa: E402
-from specdec.streaming.mqtt.broker import LocalMosquitto, find_mosquitto  # noqa: E402
+from specdec.streaming.mqtt.broker import LocalMosquitto, find_mosquitto, free_port  # noqa: E402
+from specdec.streaming.mqtt.transport import BrokerConfig  # noqa: E402
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "mosquitto"
+USERS = {"worker1": "worker-secret", "client1": "client-secret"}
 
 T = TypeVar("T")
 
@@ -113,3 +120,76 @@ def run(coro_fn: Callable[[], Awaitable[T]], timeout_s: float = 30.0) -> T:
         return await asyncio.wait_for(coro_fn(), timeout_s)
 
     return asyncio.run(main())
+
+
+# --------------------------------------------------------------------------- the shipped secure config
+
+
+def need_binary(binary: str) -> str:
+    found = find_mosquitto() if binary == "mosquitto" else shutil.which(binary)
+    if found is None:
+        pytest.skip(f"{binary} is not installed (Debian/Ubuntu: mosquitto, mosquitto-clients, openssl)")
+    return found
+
+
+def _make_tls(folder: Path) -> None:
+    """A throwaway CA and a server certificate for 127.0.0.1 (EC keys: quick to make)."""
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    openssl = need_binary("openssl")
+
+    def sh(*args: str) -> None:
+        subprocess.run([openssl, *args], cwd=folder, check=True, capture_output=True)
+
+    sh("req", "-x509", *ec, "-days", "2", "-subj", "/CN=specdec-test-ca", "-keyout", "ca.key", "-out", "ca.crt")
+    sh("req", *ec, "-subj", "/CN=127.0.0.1", "-keyout", "server.key", "-out", "server.csr")
+    (folder / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    sh(
+        "x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2",
+        "-extfile", "san.ext", "-out", "server.crt",
+    )
+    (folder / "server.key").chmod(0o644)  # mosquitto may drop privileges before reading it
+
+
+def _secured(folder: Path):
+    """examples/mosquitto as shipped, with its paths moved to ``folder`` and its listeners to free loopback ports."""
+    need_binary("mosquitto")
+    passwd = need_binary("mosquitto_passwd")
+    for i, (user, password) in enumerate(USERS.items()):
+        flags = ["-c", "-b"] if i == 0 else ["-b"]
+        subprocess.run([passwd, *flags, str(folder / "passwd"), user, password], check=True, capture_output=True)
+    shutil.copy(EXAMPLE / "acl", folder / "acl")
+    _make_tls(folder)
+    plain, tls = free_port(), free_port()
+    text = (EXAMPLE / "mosquitto.conf").read_text()
+    assert "listener 1883 127.0.0.1" in text and "\nlistener 8883\n" in text  # the shapes this fixture rewrites
+    text = text.replace("/etc/mosquitto/specdec", str(folder))
+    text = text.replace("listener 1883 127.0.0.1", f"listener {plain} 127.0.0.1")
+    text = text.replace("\nlistener 8883\n", f"\nlistener {tls} 127.0.0.1\n")  # loopback only in tests
+    text += f"\nlog_dest file {folder / 'mosquitto.log'}\n"
+    if os.geteuid() == 0:  # as root, mosquitto would switch to its own user, which cannot read the folder
+        text += "user root\n"
+    broker = LocalMosquitto(port=plain, config_text=text)
+    broker.tls_port = tls  # type: ignore[attr-defined]
+    broker.folder = folder  # type: ignore[attr-defined]
+    return broker
+
+
+@pytest.fixture
+def secured_broker(tmp_path):
+    """A broker running examples/mosquitto as shipped (passwords, ACL, TLS), for one test."""
+    with _secured(tmp_path) as broker:
+        yield broker
+
+
+@pytest.fixture(scope="module")
+def shared_secured_broker(tmp_path_factory):
+    """The same, shared by a module's tests (each uses fresh stream ids; one restarts it, same port)."""
+    with _secured(tmp_path_factory.mktemp("secured-broker")) as broker:
+        yield broker
+
+
+def secure_config(broker, user: str | None, *, password: str | None = None, tls: bool = False) -> BrokerConfig:
+    if tls:
+        url = f"mqtts://127.0.0.1:{broker.tls_port}"
+        return BrokerConfig.from_url(url, username=user, password=password, tls_ca=str(broker.folder / "ca.crt"))
+    return BrokerConfig.from_url(broker.url, username=user, password=password)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -32,10 +31,20 @@ from specdec.streaming.mqtt import (
     new_stream_id,
     serve,
 )
-from specdec.streaming.mqtt.broker import LocalMosquitto, find_mosquitto, free_port
+from specdec.streaming.mqtt.broker import free_port
 from specdec.streaming.mqtt.protocol import decode_event, encode_json
 
-from mqtt_fixtures import reference_ids, run, tiny_generator, tiny_model, tiny_tokenizer
+from mqtt_fixtures import (  # noqa: F401 - secured_broker is a fixture
+    USERS,
+    need_binary,
+    reference_ids,
+    run,
+    secure_config,
+    secured_broker,
+    tiny_generator,
+    tiny_model,
+    tiny_tokenizer,
+)
 
 pytestmark = pytest.mark.mqtt
 
@@ -43,77 +52,19 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "mosquitto"
 PROMPT = "the quick brown fox"
 SETTINGS = WorkerSettings(model_name="tiny-llama", draft_name="ngram", limits=RequestLimits(max_new_tokens_cap=64))
-USERS = {"worker1": "worker-secret", "client1": "client-secret"}
-
-
-def _need(binary: str) -> str:
-    found = find_mosquitto() if binary == "mosquitto" else shutil.which(binary)
-    if found is None:
-        pytest.skip(f"{binary} is not installed (Debian/Ubuntu: mosquitto, mosquitto-clients, openssl)")
-    return found
-
-
-def _make_tls(folder: Path) -> None:
-    """A throwaway CA and a server certificate for 127.0.0.1 (EC keys: quick to make)."""
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    openssl = _need("openssl")
-
-    def sh(*args: str) -> None:
-        subprocess.run([openssl, *args], cwd=folder, check=True, capture_output=True)
-
-    sh("req", "-x509", *ec, "-days", "2", "-subj", "/CN=specdec-test-ca", "-keyout", "ca.key", "-out", "ca.crt")
-    sh("req", *ec, "-subj", "/CN=127.0.0.1", "-keyout", "server.key", "-out", "server.csr")
-    (folder / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
-    sh(
-        "x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2",
-        "-extfile", "san.ext", "-out", "server.crt",
-    )
-    (folder / "server.key").chmod(0o644)  # mosquitto may drop privileges before reading it
-
-
-@pytest.fixture
-def secured_broker(tmp_path):
-    """examples/mosquitto as shipped, with its paths moved to tmp_path and its listeners to free loopback ports."""
-    _need("mosquitto")
-    passwd = _need("mosquitto_passwd")
-    for i, (user, password) in enumerate(USERS.items()):
-        flags = ["-c", "-b"] if i == 0 else ["-b"]
-        subprocess.run([passwd, *flags, str(tmp_path / "passwd"), user, password], check=True, capture_output=True)
-    shutil.copy(EXAMPLE / "acl", tmp_path / "acl")
-    _make_tls(tmp_path)
-    plain, tls = free_port(), free_port()
-    text = (EXAMPLE / "mosquitto.conf").read_text()
-    assert "listener 1883 127.0.0.1" in text and "\nlistener 8883\n" in text  # the shapes this fixture rewrites
-    text = text.replace("/etc/mosquitto/specdec", str(tmp_path))
-    text = text.replace("listener 1883 127.0.0.1", f"listener {plain} 127.0.0.1")
-    text = text.replace("\nlistener 8883\n", f"\nlistener {tls} 127.0.0.1\n")  # loopback only in tests
-    text += f"\nlog_dest file {tmp_path / 'mosquitto.log'}\n"
-    if os.geteuid() == 0:  # as root, mosquitto would switch to its own user, which cannot read tmp_path
-        text += "user root\n"
-    with LocalMosquitto(port=plain, config_text=text) as broker:
-        broker.tls_port = tls
-        broker.folder = tmp_path
-        yield broker
-
-
-def _config(broker, user: str | None, *, password: str | None = None, tls: bool = False) -> BrokerConfig:
-    if tls:
-        url = f"mqtts://127.0.0.1:{broker.tls_port}"
-        return BrokerConfig.from_url(url, username=user, password=password, tls_ca=str(broker.folder / "ca.crt"))
-    return BrokerConfig.from_url(broker.url, username=user, password=password)
 
 
 def test_example_config_passwords_acl_and_tls(secured_broker):
     broker = secured_broker
-    worker_config = _config(broker, "worker1", password=USERS["worker1"])
-    client_tls = _config(broker, "client1", password=USERS["client1"], tls=True)
-    client_plain = _config(broker, "client1", password=USERS["client1"])
+    worker_config = secure_config(broker, "worker1", password=USERS["worker1"])
+    client_tls = secure_config(broker, "client1", password=USERS["client1"], tls=True)
+    client_plain = secure_config(broker, "client1", password=USERS["client1"])
 
     async def body():
         # No credentials, a wrong password, or TLS with no CA to trust: refused at connect.
         for config in (
-            _config(broker, None),
-            _config(broker, "client1", password="wrong"),
+            secure_config(broker, None),
+            secure_config(broker, "client1", password="wrong"),
             BrokerConfig.from_url(f"mqtts://127.0.0.1:{broker.tls_port}", username="client1", password="x"),
         ):
             with pytest.raises(TransportError):
@@ -153,7 +104,7 @@ def test_example_config_passwords_acl_and_tls(secured_broker):
 
 
 def test_stock_client_without_credentials_is_refused(secured_broker):
-    sub = _need("mosquitto_sub")
+    sub = need_binary("mosquitto_sub")
     base = [sub, "-h", "127.0.0.1", "-p", str(secured_broker.port), "-V", "mqttv5", "-t", "specdec/v1/streams/+/events"]
     refused = subprocess.run([*base, "-W", "2"], capture_output=True, text=True, timeout=20)
     assert refused.returncode != 0 and "not authorised" in (refused.stderr + refused.stdout).lower().replace("z", "s")
@@ -173,7 +124,7 @@ def _listening(port: int) -> bool:
 
 
 def test_serve_starts_no_broker_unless_asked():
-    _need("mosquitto")
+    need_binary("mosquitto")
     port = free_port()
 
     async def body():
@@ -189,7 +140,7 @@ def test_serve_starts_no_broker_unless_asked():
 
 def test_cli_serve_start_broker(tmp_path):
     """``specdec serve --start-broker`` runs its own mosquitto, serves a request, and stops it on Ctrl-C (exit 0)."""
-    _need("mosquitto")
+    need_binary("mosquitto")
     folder = tmp_path / "tiny"
     tiny_model().save_pretrained(folder)
     tiny_tokenizer().save_pretrained(folder)

@@ -75,11 +75,22 @@ def test_valid_request_round_trip():
         (req(seed=-3), "s1", "seed"),
         (req(max_tokens=5), "s1", "unknown request fields"),
         (req(v=2), "s1", "version"),
-        (b'{"stream_id": "s1", "prompt": "x", "temperature": NaN}', None, "not valid"),
+        (b'{"stream_id": "s1", "prompt": "x", "temperature": NaN}', "s1", "not valid"),
+        (b'{"stream_id": "s1", "prompt": "x", "temperature": Infinity}', "s1", "not valid"),
+        (req(temperature=1e-300), "s1", "temperature"),
+        (req(temperature=float("1e-310")), "s1", "temperature"),
+        (req(v=True), "s1", "integer 1"),
+        (req(v=1.0), "s1", "integer 1"),
+        (req(token="short"), "s1", "token"),
+        (req(prompt="a\x00b"), "s1", "control characters"),
+        (req(prompt="a\x1b[2Jb"), "s1", "control characters"),
+        (b'{"prompt": "x", "stream_id": "s1", "temperature": NaN', "s1", "not valid"),
         (json.dumps({"stream_id": "s1", "input_ids": [1, -2]}).encode(), "s1", "non-negative"),
         (json.dumps({"stream_id": "s1", "input_ids": list(range(51))}).encode(), "s1", "limit is 50"),
         (json.dumps({"stream_id": "s1", "messages": [{"role": "user"}]}).encode(), "s1", "messages[0]"),
-        (json.dumps({"stream_id": "s1", "prompt": "x" * 30_000}).encode(), None, "limit is 20000"),
+        (json.dumps({"stream_id": "s1", "prompt": "x" * 30_000}).encode(), "s1", "limit is 20000"),
+        (json.dumps({"prompt": "x" * 30_000, "stream_id": "s1"}).encode(), None, "limit is 20000"),  # beyond the prefix
+        (json.dumps({"prompt": 'say "stream_id": "victim"', "x": "x" * 30_000}).encode(), None, "limit"),
         (b"[" * 19_000, None, "not valid"),
     ],
 )
@@ -88,6 +99,34 @@ def test_bad_requests(payload, stream_id, fragment):
         parse_request(payload, LIMITS)
     assert info.value.stream_id == stream_id
     assert fragment in str(info.value)
+
+
+def test_control_characters_policy_and_tokens():
+    assert parse_request(req(prompt="line\nnext\tcol\r\n"), LIMITS).prompt == "line\nnext\tcol\r\n"
+    strip = RequestLimits(control_characters="strip")
+    assert parse_request(req(prompt="a\x00b\x1bc\x7f\u0085d"), strip).prompt == "abcd"
+    chat = json.dumps({"stream_id": "s1", "messages": [{"role": "user", "content": "x\x07y"}]})
+    assert parse_request(chat, strip).messages == [{"role": "user", "content": "xy"}]
+    with pytest.raises(BadRequestError, match="empty once"):
+        parse_request(req(prompt="\x00\x01"), strip)
+    assert parse_request(req(prompt="a\x00b"), RequestLimits(control_characters="keep")).prompt == "a\x00b"
+    with pytest.raises(ValueError):
+        RequestLimits(control_characters="drop")
+    token = "t" * 16
+    assert parse_request(req(token=token), LIMITS).token == token
+    assert parse_request(req(), LIMITS).token is None
+    assert parse_control(json.dumps({"type": "cancel", "token": token})).token == token
+    assert parse_control(b'{"type": "cancel"}').token is None
+    with pytest.raises(BadRequestError):
+        parse_control(b'{"type": "cancel", "token": 5}')
+
+
+def test_queued_notice_round_trip():
+    from specdec.streaming.mqtt import QueuedEvent
+    from specdec.streaming.mqtt.protocol import encode_queued
+
+    event = decode_event(encode_queued(QueuedEvent(stream_id="s1", position=3)))
+    assert isinstance(event, QueuedEvent) and (event.position, event.seq, event.type) == (3, -1, "queued")
 
 
 def test_control_messages():

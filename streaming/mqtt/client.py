@@ -25,11 +25,21 @@ reorder or lose messages a broker did not persist):
   :class:`BrokerUnreachableError` at once;
 - **timeout**: ``generate(..., timeout=30.0)`` raises :class:`NoWorkerError`
   (a :class:`StreamError`, ``code="no_worker"``, retryable) when no worker
-  answers the request (no ``start`` event) within ``timeout`` seconds;
+  answers the request (no event: neither ``start``, ``queued`` nor an error)
+  within ``timeout`` seconds; ``watch(..., timeout=30.0)`` likewise when no
+  worker holds the stream;
+- **ownership**: ``generate`` puts a random ``token`` in its request (which only
+  workers can read) and :meth:`cancel` sends it: a worker obeys a ``cancel``
+  only from the stream's requester;
+- **queued**: a request waiting for a free generation slot yields
+  :class:`QueuedEvent` notices (``seq == -1``, ``position`` 1 = next) before
+  its ``start``;
 - **errors**: an ``error`` event raises :class:`StreamError` instead of
   ending quietly; a ``worker_lost`` Will raises :class:`WorkerLostError`
-  once confirmed: no progress and no broker reconnect for
-  ``worker_lost_grace_s`` (a broker that shuts down publishes every Will).
+  once confirmed: a resume brought no progress during ``worker_lost_grace_s``
+  seconds *while connected* (a broker that shuts down publishes every Will;
+  the grace period starts again after the connection comes back, and the
+  reconnect's resume decides).
 
 Importing this module is light: it needs neither torch nor transformers.
 """
@@ -40,6 +50,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import secrets
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -53,6 +64,7 @@ from .errors import NoWorkerError, StreamError, StreamGapError, WorkerLostError
 from .protocol import (
     OUT_OF_BAND_SEQ,
     REQUEST_TOPIC,
+    QueuedEvent,
     control_topic,
     decode_event,
     encode_json,
@@ -116,6 +128,7 @@ class StreamClient:
         self._closing = False
         self._stack: contextlib.AsyncExitStack | None = None
         self._subs: dict[str, set[_Subscription]] = {}  # stream_id -> local readers
+        self._tokens: dict[str, str] = {}  # stream_id -> the control token of a stream this client requested
         self._conn = Connection(
             self.config,
             client_id=self.client_id,
@@ -195,9 +208,18 @@ class StreamClient:
             del self._subs[sub.stream_id]
             await self._conn.unsubscribe(events_topic(sub.stream_id))
 
-    async def cancel(self, stream_id: str) -> None:
-        """Ask the worker serving ``stream_id`` to stop; its readers then see ``end(cancelled)``."""
-        await self._publish(control_topic(validate_stream_id(stream_id)), encode_json({"type": "cancel"}))
+    async def cancel(self, stream_id: str, *, token: str | None = None) -> None:
+        """Ask the worker serving ``stream_id`` to stop; its readers then see ``end(cancelled)``.
+
+        Workers obey only the requester: this client sends the token of a stream it requested
+        (``token`` overrides it, e.g. for a stream requested by another process of the same owner);
+        a cancel without the right token is ignored.
+        """
+        token = token if token is not None else self._tokens.get(validate_stream_id(stream_id))
+        message: dict[str, Any] = {"type": "cancel"}
+        if token is not None:
+            message["token"] = token
+        await self._publish(control_topic(validate_stream_id(stream_id)), encode_json(message))
 
     async def resume(self, stream_id: str, after_seq: int) -> None:
         """Ask the worker to replay every event of ``stream_id`` with ``seq > after_seq``."""
@@ -224,12 +246,14 @@ class StreamClient:
         seed: int | None = None,
         provisional: bool = False,
         timeout: float | None = 30.0,
-    ) -> AsyncIterator[Event]:
+    ) -> AsyncIterator[Event | QueuedEvent]:
         """Send a request and yield its events (start, commits, provisionals, end) exactly once, in order.
 
+        A request that waits for a free slot on the worker first yields
+        :class:`QueuedEvent` notices (``seq == -1``, with its ``position``).
         Give one of ``prompt``, ``messages`` or ``input_ids``. ``timeout``: how
-        long to wait for a worker to answer (its ``start`` event, or an
-        error) before raising :class:`NoWorkerError`; ``None`` waits forever.
+        long to wait for a worker to answer (its ``start`` or ``queued`` event,
+        or an error) before raising :class:`NoWorkerError`; ``None`` waits forever.
         Once the stream started, a slow generation never times out. When sampling
         without a ``seed``, the client picks one, so that a request re-sent
         after a reconnect yields the same stream. Leaving the loop early
@@ -241,8 +265,7 @@ class StreamClient:
         given = {k: v for k, v in sources.items() if v is not None}
         if len(given) != 1:
             raise ValueError("pass exactly one of prompt, messages, input_ids")
-        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
-            raise ValueError(f"timeout must be a number of seconds > 0 or None, got {timeout!r}")
+        _check_timeout(timeout)
         request.update(given)
         if do_sample and seed is None:
             seed = random.randrange(2**62)
@@ -257,7 +280,9 @@ class StreamClient:
         request.update({k: v for k, v in options.items() if v is not None})
         if provisional:
             request["provisional"] = True
+        token = request["token"] = secrets.token_urlsafe(24)  # 32 characters; only workers read requests
         payload = encode_json(request)
+        self._tokens[stream_id] = token
         finished = False
         try:
             async for event in self._read(stream_id, request_payload=payload, timeout=timeout):
@@ -269,19 +294,27 @@ class StreamClient:
             finished = True
             raise
         finally:
-            if not finished and not self._closing:
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(self.cancel(stream_id))
+            try:
+                if not finished and not self._closing:
+                    with contextlib.suppress(Exception):
+                        await asyncio.shield(self.cancel(stream_id, token=token))
+            finally:
+                self._tokens.pop(stream_id, None)
 
-    async def watch(self, stream_id: str, *, after_seq: int = -1, replay: bool = False) -> AsyncIterator[Event]:
+    async def watch(
+        self, stream_id: str, *, after_seq: int = -1, replay: bool = False, timeout: float | None = 30.0
+    ) -> AsyncIterator[Event | QueuedEvent]:
         """Follow an existing stream (one you did not request): events with ``seq > after_seq``, in order.
 
         With ``replay=True`` it asks the worker for what was published before
         it subscribed; otherwise a gap is noticed at the first live event and
-        filled by a resume anyway.
+        filled by a resume anyway. ``timeout``: raise :class:`NoWorkerError` if
+        nothing of the stream arrives within that many seconds (no worker holds
+        it); ``None`` waits forever.
         """
         validate_stream_id(stream_id)
-        async for event in self._read(stream_id, after_seq=after_seq, initial_resume=replay):
+        _check_timeout(timeout)
+        async for event in self._read(stream_id, after_seq=after_seq, initial_resume=replay, timeout=timeout):
             yield event
 
     async def _read(
@@ -292,7 +325,7 @@ class StreamClient:
         after_seq: int = -1,
         initial_resume: bool = False,
         timeout: float | None = None,
-    ) -> AsyncIterator[Event]:
+    ) -> AsyncIterator[Event | QueuedEvent]:
         sub = await self._subscribe(stream_id)
         try:
             if request_payload is not None:
@@ -303,29 +336,40 @@ class StreamClient:
             buffer: dict[int, Event] = {}
             attempts = 0
             started = next_seq > 0
+            answered = False  # a worker said something about this stream (an event, a queued notice, an error)
+            queued = False  # a worker holds our request in its queue
             lost: ErrorEvent | None = None  # a worker_lost Will, not yet confirmed
-            lost_deadline = 0.0
+            lost_left = 0.0  # seconds of grace left, counted only while connected
             loop = asyncio.get_running_loop()
             answer_deadline = None if timeout is None else loop.time() + timeout
             while True:
                 wait_s = self.gap_timeout_s if buffer else self.idle_resume_s
                 if lost is not None:
-                    wait_s = min(wait_s, max(0.0, lost_deadline - loop.time()))
-                if answer_deadline is not None and not started:
+                    wait_s = min(wait_s, max(0.0, lost_left))
+                if answer_deadline is not None and not answered:
                     if loop.time() >= answer_deadline:
+                        what = "answered the request" if request_payload is not None else f"holds stream {stream_id}"
                         raise NoWorkerError(
-                            f"no worker answered within {timeout} s (no start event): is a `specdec serve` worker "
+                            f"no worker {what} within {timeout} s (no event): is a `specdec serve` worker "
                             f"connected to {self.config.host}:{self.config.port}?",
                             retryable=True,
                             stream_id=stream_id,
                         )
                     wait_s = min(wait_s, answer_deadline - loop.time())
+                waited_from = loop.time()
                 try:
                     item = await asyncio.wait_for(sub.queue.get(), wait_s)
                 except TimeoutError:
                     item = None
-                if lost is not None and item is None and loop.time() >= lost_deadline:
-                    raise WorkerLostError(lost.message, code=lost.code, retryable=lost.retryable, stream_id=stream_id)
+                if lost is not None:
+                    if self._conn.session is None:
+                        lost_left = self.worker_lost_grace_s  # disconnected: the grace starts again once back
+                    else:
+                        lost_left -= loop.time() - waited_from
+                        if item is None and lost_left <= 0:
+                            raise WorkerLostError(
+                                lost.message, code=lost.code, retryable=lost.retryable, stream_id=stream_id
+                            )
                 if item is None or item is _RECONNECTED:
                     if item is _RECONNECTED:
                         lost = None  # the broker went away: its shutdown sends every Will; trust the resume
@@ -343,16 +387,26 @@ class StreamClient:
                     else:
                         await self.resume(stream_id, next_seq - 1)
                     continue
+                answered = True
+                if isinstance(item, QueuedEvent):
+                    queued = True
+                    if not started:
+                        yield item
+                    continue
                 event: Event = item
                 if event.seq == OUT_OF_BAND_SEQ:
                     if isinstance(event, ErrorEvent):
                         if event.code == "worker_lost":
                             # A broker shutting down also publishes every Will, so confirm first: if the worker
                             # is alive the resume brings progress, if the broker went away we reconnect.
-                            lost = event
-                            lost_deadline = loop.time() + self.worker_lost_grace_s
+                            if lost is None:
+                                lost = event
+                                lost_left = self.worker_lost_grace_s
                             await self.resume(stream_id, next_seq - 1)
-                        elif not started:
+                        elif request_payload is not None and not started and not queued:
+                            # e.g. duplicate_stream: our request was refused. Once a worker took our request
+                            # (queued), or for a watcher (who sent none), such a notice concerns someone
+                            # else's request with this id: ignore it.
                             raise StreamError(
                                 event.message, code=event.code, retryable=event.retryable, stream_id=stream_id
                             )
@@ -376,3 +430,7 @@ class StreamClient:
         finally:
             await self._unsubscribe(sub)
 
+
+def _check_timeout(timeout: float | None) -> None:
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
+        raise ValueError(f"timeout must be a number of seconds > 0 or None, got {timeout!r}")

@@ -176,16 +176,33 @@ class Connection:
         expiry_s: int | None = None,
         retry: bool = True,
     ) -> bool:
-        """Publish once a connection is live; on failure retry on the next one (``retry=False``: give up)."""
+        """Publish once a connection is live; on failure retry on the next one.
+
+        ``retry=False``: one attempt, and none while disconnected (return False at once). A publish
+        still awaiting its acknowledgement when its connection is lost counts as failed at once (the
+        client library would only fail it at its own timeout).
+        """
         while True:
+            if not retry and (self._session is None or self._session.lost.done()):
+                return False
             session = await self.wait_session()
+            publish = asyncio.ensure_future(
+                session.transport.publish(topic, payload, qos=qos, retain=retain, expiry_s=expiry_s)
+            )
             try:
-                await session.transport.publish(topic, payload, qos=qos, retain=retain, expiry_s=expiry_s)
+                await asyncio.wait({publish, session.lost}, return_when=asyncio.FIRST_COMPLETED)
+            except asyncio.CancelledError:
+                publish.cancel()
+                raise
+            if publish.done() and publish.exception() is None:
                 return True
-            except TransportError:
-                if not retry:
-                    return False
-                await asyncio.sleep(_RETRY_PAUSE_S)
+            if not publish.done():
+                publish.cancel()
+            elif not isinstance(publish.exception(), TransportError):
+                raise publish.exception()  # type: ignore[misc]
+            if not retry:
+                return False
+            await asyncio.sleep(_RETRY_PAUSE_S)
 
     async def publish_many(self, topic: str, payloads: list[bytes], *, expiry_s: int | None = None) -> None:
         """Publish in order, pipelined; after a failure, go on from the first unacknowledged one."""

@@ -10,6 +10,12 @@ guard's Will: an error on exactly the streams the worker was serving. A worker
 that stops gracefully ends its streams first and then closes their guards
 cleanly, so no Will fires (docs/mqtt.md, "Worker loss").
 
+A guard's client id is ``specdec-guard-{digest}``, a keyed hash of the stream id under the worker's
+secret: nobody else can name it, so nobody can take the connection over and make the broker publish its
+Will (an MQTT broker disconnects the older of two connections with one client id, and a password-file
+ACL checks topics, not client ids; docs/mqtt.md, "Threat model"). It is fixed per stream, so a guard
+that reconnects keeps its session (and, with ``will_delay_s``, suppresses its Will).
+
 Example::
 
     async with asyncio.TaskGroup() as tg:
@@ -19,6 +25,10 @@ Example::
 """
 
 from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
 
 from ..events import ErrorEvent
 from .connection import Connection
@@ -39,8 +49,10 @@ class Guards:
         factory: TransportFactory,
         will_delay_s: int = 0,
         event_expiry_s: int = 600,
+        secret: str | None = None,
     ) -> None:
         self.config = config
+        self._secret = (secret or secrets.token_hex(16)).encode()
         self.worker_id = worker_id
         self._factory = factory
         self._will_delay_s = will_delay_s
@@ -62,10 +74,15 @@ class Guards:
             expiry_s=self._event_expiry_s,
         )
 
+    def client_id(self, stream_id: str) -> str:
+        """``specdec-guard-`` + 32 hex digits of HMAC-SHA256(worker secret, stream id): unguessable, stable."""
+        digest = hmac.new(self._secret, stream_id.encode(), hashlib.sha256).hexdigest()[:32]
+        return f"specdec-guard-{digest}"
+
     def connection(self, stream_id: str) -> Connection:
         return Connection(
             self.config,
-            client_id=f"specdec-guard-{self.worker_id}-{stream_id}",
+            client_id=self.client_id(stream_id),
             factory=self._factory,
             will=self.will(stream_id),
             session_expiry_s=self._will_delay_s or None,

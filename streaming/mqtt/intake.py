@@ -8,16 +8,21 @@
 - :class:`Replay`: the same request again (a client re-sent it after a reconnect): replay, don't regenerate;
 - :class:`Accept`: a new :class:`WorkerStream` to serve.
 
-:meth:`Intake.control` routes a ``cancel`` / ``resume`` to the stream it names. :func:`encode_prompt`
-tokenizes a request (in a thread; it may be slow) and :func:`closed_log` builds the event log of a stream
-answered without generating (a rejection, or a cancellation before it started). No I/O here.
+:meth:`Intake.control` routes a ``cancel`` / ``resume`` to the stream it names, and
+:meth:`Intake.may_cancel` says whether a ``cancel`` carries the stream's capability token. :class:`Slots`
+queues streams beyond the engine's capacity, in order, and knows each one's position.
+:func:`encode_prompt` tokenizes a request (in a thread; it may be slow; user text never becomes special
+tokens) and :func:`closed_log` builds the event log of a stream answered without generating (a
+rejection, or a cancellation before it started). No I/O here.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +39,7 @@ __all__ = [
     "Reject",
     "Duplicate",
     "Replay",
+    "Slots",
     "encode_prompt",
     "closed_log",
     "rejection_events",
@@ -53,6 +59,7 @@ class WorkerStream:
     hub_stream: Any = None  # the hub's Stream, when generating
     cancel_requested: bool = False
     finished_at: float | None = None  # when its publisher finished (monotonic)
+    queued_notice_at: float = -float("inf")  # when a resume last got its `queued` notice (monotonic)
 
     @property
     def finished(self) -> bool:
@@ -142,6 +149,14 @@ class Intake:
             log.info("bad control message for %s (%s)", stream_id, exc)
             return None
 
+    @staticmethod
+    def may_cancel(ws: WorkerStream, command: ControlCommand) -> bool:
+        """A ``cancel`` obeys only the requester: it must carry the token the request gave (none: nobody)."""
+        expected = ws.request.token if ws.request is not None else None
+        if expected is None or command.token is None:
+            return False
+        return hmac.compare_digest(expected.encode(), command.token.encode())
+
     def prune(self) -> None:
         """Forget streams finished more than ``linger_s`` ago, and the oldest beyond ``max_tracked_streams``."""
         now = time.monotonic()
@@ -153,6 +168,72 @@ class Intake:
             expired.update(ws.stream_id for ws in rest[:overflow])
         for stream_id in expired:
             del self.streams[stream_id]
+
+
+class Slots:
+    """At most ``capacity`` streams generate at once; the rest wait in arrival order.
+
+    ``await slots.acquire(ws)`` returns at once while a slot is free, else queues ``ws`` and calls
+    ``on_moved(ws, position)`` (1 = next) now and whenever its position changes; :meth:`release` frees a
+    slot and starts the next waiter. :meth:`leave` takes a waiting stream out of the queue (a cancel):
+    its ``acquire`` returns False. Cancelling the awaiting task leaves the queue too.
+    """
+
+    def __init__(self, capacity: int, on_moved: Callable[[WorkerStream, int], None]) -> None:
+        self.capacity = capacity
+        self.running = 0
+        self._waiting: list[tuple[WorkerStream, asyncio.Future[bool]]] = []
+        self._on_moved = on_moved
+
+    def position(self, ws: WorkerStream) -> int | None:
+        """1-based place in the queue, or ``None`` when ``ws`` is not waiting."""
+        for i, (other, _) in enumerate(self._waiting):
+            if other is ws:
+                return i + 1
+        return None
+
+    async def acquire(self, ws: WorkerStream) -> bool:
+        if self.running < self.capacity and not self._waiting:
+            self.running += 1
+            return True
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._waiting.append((ws, future))
+        self._on_moved(ws, len(self._waiting))
+        try:
+            return await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled() and future.result():
+                self.release()  # granted and cancelled in the same turn: hand the slot on
+            else:
+                self.leave(ws)  # the ones behind it move up
+            raise
+
+    def release(self) -> None:
+        self.running -= 1
+        moved = False
+        while self._waiting and self.running < self.capacity:
+            _, future = self._waiting.pop(0)
+            if not future.done():
+                self.running += 1
+                future.set_result(True)
+                moved = True
+        if moved:
+            self._announce()
+
+    def leave(self, ws: WorkerStream) -> bool:
+        """Take ``ws`` out of the queue (its ``acquire`` returns False); False if it was not waiting."""
+        for i, (other, future) in enumerate(self._waiting):
+            if other is ws:
+                del self._waiting[i]
+                if not future.done():
+                    future.set_result(False)
+                self._announce(start=i)
+                return True
+        return False
+
+    def _announce(self, start: int = 0) -> None:
+        for i, (other, _) in enumerate(self._waiting[start:], start=start):
+            self._on_moved(other, i + 1)
 
 
 def rejection_events(stream_id: str, code: str, message: str, *, retryable: bool = False) -> list[Event]:
@@ -181,16 +262,24 @@ def closed_log(events: list[Event]) -> EventLog:
 def encode_prompt(
     tokenizer: Any, request: GenerationRequest, limits: RequestLimits, vocab_size: int | None
 ) -> list[int]:
-    """The request's prompt as token ids; :class:`BadRequestError` when it cannot be served."""
+    """The request's prompt as token ids; :class:`BadRequestError` when it cannot be served.
+
+    User text never becomes special tokens: a ``prompt`` is tokenized with special-token parsing off
+    (``split_special_tokens=True``; the tokenizer's own BOS is still added), and ``messages`` go through
+    ``apply_chat_template(..., sanitize_control_tokens=True)``, which encodes the control tokens found
+    in message text (``<|im_start|>``...) as plain text and only those the template writes as tokens.
+    """
     try:
         if request.input_ids is not None:
             ids = request.input_ids
         elif request.messages is not None:
-            ids = tokenizer.apply_chat_template(request.messages, add_generation_prompt=True, tokenize=True)
+            ids = tokenizer.apply_chat_template(
+                request.messages, add_generation_prompt=True, tokenize=True, sanitize_control_tokens=True
+            )
             if isinstance(ids, dict) or hasattr(ids, "keys"):
                 ids = ids["input_ids"]
         else:
-            ids = tokenizer(request.prompt, add_special_tokens=True)["input_ids"]
+            ids = tokenizer(request.prompt, add_special_tokens=True, split_special_tokens=True)["input_ids"]
     except Exception as exc:  # noqa: BLE001 - e.g. no chat template
         raise BadRequestError(f"cannot tokenize the prompt: {str(exc)[:300]}", stream_id=request.stream_id) from exc
     ids = list(ids)

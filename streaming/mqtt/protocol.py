@@ -12,6 +12,9 @@ import dataclasses
 import functools
 import json
 import math
+import re
+import time
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -33,11 +36,16 @@ __all__ = [
     "RequestLimits",
     "GenerationRequest",
     "ControlCommand",
+    "QueuedEvent",
+    "TOKEN_PATTERN",
+    "MIN_TEMPERATURE",
+    "peek_stream_id",
     "parse_request",
     "parse_control",
     "encode_event",
     "decode_event",
     "encode_json",
+    "encode_queued",
 ]
 
 TOPIC_ROOT = "specdec/v1"
@@ -52,6 +60,22 @@ WORKER_STATUS_WILDCARD = f"{TOPIC_ROOT}/workers/+/status"
 # worker's per-stream Will, ``worker_lost``) or concerns another request
 # (``duplicate_stream``). See docs/mqtt.md, "Out-of-band errors".
 OUT_OF_BAND_SEQ = -1
+
+# A stream's control capability: the requester picks it (``token`` in the request, which only workers
+# can read) and every ``cancel`` must carry it. 16 characters at least: guessing one must not pay.
+TOKEN_PATTERN = re.compile(r"[A-Za-z0-9_-]{16,128}")
+
+# Below this a temperature only divides logits into overflow (1e-300 became ``inf`` mid-stream);
+# ask for ``do_sample: false`` to decode greedily.
+MIN_TEMPERATURE = 0.01
+MAX_TEMPERATURE = 10_000.0
+
+# How much of an unreadable or oversized request is searched for its ``stream_id`` (see peek_stream_id).
+STREAM_ID_PREFIX_BYTES = 4096
+_STREAM_ID_KEY = re.compile(rb'"stream_id"\s*:\s*"([A-Za-z0-9_-]{1,64})"')
+
+ControlCharacters = Literal["refuse", "strip", "keep"]
+_KEPT_CONTROLS = frozenset("\n\r\t")
 
 
 def events_topic(stream_id: str) -> str:
@@ -84,6 +108,9 @@ class RequestLimits:
     max_prompt_chars: int = 100_000
     max_prompt_tokens: int = 32_768
     max_messages: int = 512
+    # Control characters (Unicode category Cc) in prompt and message text other than newline, carriage
+    # return and tab: "refuse" (bad_request), "strip" (drop them), or "keep" (pass them to the tokenizer).
+    control_characters: ControlCharacters = "refuse"
 
     def __post_init__(self) -> None:
         for name in ("max_new_tokens_cap", "default_max_new_tokens", "max_payload_bytes", "max_prompt_chars",
@@ -91,6 +118,10 @@ class RequestLimits:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"RequestLimits.{name} must be an integer >= 1, got {value!r}")
+        if self.control_characters not in ("refuse", "strip", "keep"):
+            raise ValueError(
+                f"RequestLimits.control_characters must be 'refuse', 'strip' or 'keep', got {self.control_characters!r}"
+            )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -108,6 +139,7 @@ class GenerationRequest:
     top_k: int | None = None
     seed: int | None = None
     provisional: bool = False
+    token: str | None = None  # the requester's control capability (cancel must carry it)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def generate_kwargs(self) -> dict[str, Any]:
@@ -124,30 +156,79 @@ class GenerationRequest:
 class ControlCommand:
     type: Literal["cancel", "resume"]
     after_seq: int = -1  # resume: replay every event with seq > after_seq (-1 = from the start)
+    token: str | None = None  # the stream's capability, as the sender gave it (checked by the worker)
+
+
+@dataclass(frozen=True, kw_only=True)
+class QueuedEvent:
+    """Out-of-band notice (``seq == -1``, schema v1 extension): the request waits for a free generation slot.
+
+    ``position`` is 1 for the next stream to start. Sent when the request is queued and each time its
+    position changes, and again on ``resume`` while it waits; its ``start`` (seq 0) follows when it runs.
+    """
+
+    stream_id: str
+    position: int
+    seq: int = OUT_OF_BAND_SEQ
+    ts: float = field(default_factory=time.time)
+    v: int = 1
+    type: Literal["queued"] = "queued"
 
 
 _REQUEST_FIELDS = {
     "v", "stream_id", "prompt", "messages", "input_ids", "max_new_tokens", "do_sample",
-    "temperature", "top_p", "top_k", "seed", "provisional",
+    "temperature", "top_p", "top_k", "seed", "provisional", "token",
 }
+
+
+def peek_stream_id(payload: bytes | bytearray | str) -> str | None:
+    """The ``stream_id`` of a request that cannot be parsed whole (too large, not JSON), from a bounded prefix.
+
+    Searches the first :data:`STREAM_ID_PREFIX_BYTES` bytes for ``"stream_id": "<valid id>"`` (a key:
+    inside a JSON string the quotes would be escaped). ``None`` when there is none.
+    """
+    if isinstance(payload, str):
+        payload = payload[:STREAM_ID_PREFIX_BYTES].encode("utf-8", "surrogatepass")
+    if not isinstance(payload, (bytes, bytearray)):
+        return None
+    found = _STREAM_ID_KEY.search(bytes(payload[:STREAM_ID_PREFIX_BYTES]))
+    return found.group(1).decode("ascii") if found else None
+
+
+def _clean_text(text: str, policy: ControlCharacters, where: str, bad: Any) -> str:
+    if policy == "keep":
+        return text
+    controls = {c for c in text if c not in _KEPT_CONTROLS and unicodedata.category(c) == "Cc"}
+    if not controls:
+        return text
+    if policy == "strip":
+        return "".join(c for c in text if c not in controls)
+    shown = ", ".join(f"U+{ord(c):04X}" for c in sorted(controls)[:5])
+    raise bad(f"{where} holds control characters ({shown}); only newline, carriage return and tab are accepted")
 
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _load_json(payload: Any, limit: int, what: str) -> Any:
+def _load_json(payload: Any, limit: int, what: str, *, peek: bool = False) -> Any:
+    """Parse; on failure the error names the stream id found in a bounded prefix (when ``peek``)."""
     if isinstance(payload, str):
         payload = payload.encode("utf-8", "surrogatepass")
     if not isinstance(payload, (bytes, bytearray)):
         raise BadRequestError(f"{what} payload must be bytes")
     if len(payload) > limit:
-        raise BadRequestError(f"{what} is {len(payload)} bytes; the limit is {limit}")
+        raise BadRequestError(
+            f"{what} is {len(payload)} bytes; the limit is {limit}", stream_id=peek_stream_id(payload) if peek else None
+        )
     try:
         text = bytes(payload).decode("utf-8")
         return json.loads(text, parse_constant=_reject_constant)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise BadRequestError(f"{what} is not valid UTF-8 JSON: {str(exc)[:200]}") from None
+        raise BadRequestError(
+            f"{what} is not valid UTF-8 JSON (NaN and Infinity are not JSON): {str(exc)[:200]}",
+            stream_id=peek_stream_id(payload) if peek else None,
+        ) from None
 
 
 def _is_int(value: Any) -> bool:
@@ -161,7 +242,7 @@ def _is_number(value: Any) -> bool:
 def parse_request(payload: bytes | str, limits: RequestLimits | None = None) -> GenerationRequest:
     """Validate a request payload; raise :class:`BadRequestError` (with ``stream_id`` when it is known)."""
     limits = limits or RequestLimits()
-    data = _load_json(payload, limits.max_payload_bytes, "request")
+    data = _load_json(payload, limits.max_payload_bytes, "request", peek=True)
     if not isinstance(data, dict):
         raise BadRequestError(f"a request must be a JSON object, got {type(data).__name__}")
     raw_id = data.get("stream_id")
@@ -177,8 +258,11 @@ def parse_request(payload: bytes | str, limits: RequestLimits | None = None) -> 
     unknown = sorted(str(k)[:40] for k in data if k not in _REQUEST_FIELDS)
     if unknown:
         raise bad(f"unknown request fields {unknown[:5]}; allowed: {sorted(_REQUEST_FIELDS)}")
-    if "v" in data and data["v"] != 1:
-        raise bad(f"unsupported protocol version {data['v']!r} (this worker speaks v=1)")
+    if "v" in data and (not _is_int(data["v"]) or data["v"] != 1):
+        raise bad(f"unsupported protocol version {str(data['v'])[:40]} (`v` must be the integer 1)")
+    token = data.get("token")
+    if token is not None and (not isinstance(token, str) or not TOKEN_PATTERN.fullmatch(token)):
+        raise bad("`token` must match [A-Za-z0-9_-]{16,128} (a random secret of the requester)")
 
     sources = [k for k in ("prompt", "messages", "input_ids") if data.get(k) is not None]
     if len(sources) != 1:
@@ -190,6 +274,9 @@ def parse_request(payload: bytes | str, limits: RequestLimits | None = None) -> 
             raise bad("`prompt` must be a non-empty string")
         if len(prompt) > limits.max_prompt_chars:
             raise bad(f"`prompt` has {len(prompt)} characters; the limit is {limits.max_prompt_chars}")
+        prompt = _clean_text(prompt, limits.control_characters, "`prompt`", bad)
+        if not prompt:
+            raise bad("`prompt` is empty once its control characters are stripped")
     elif sources[0] == "messages":
         messages = data["messages"]
         if not isinstance(messages, list) or not messages:
@@ -208,7 +295,11 @@ def parse_request(payload: bytes | str, limits: RequestLimits | None = None) -> 
             total += len(message["content"])
         if total > limits.max_prompt_chars:
             raise bad(f"`messages` hold {total} characters; the limit is {limits.max_prompt_chars}")
-        messages = [dict(m) for m in messages]
+        policy = limits.control_characters
+        messages = [
+            {"role": m["role"], "content": _clean_text(m["content"], policy, f"`messages[{i}]`", bad)}
+            for i, m in enumerate(messages)
+        ]
     else:
         input_ids = data["input_ids"]
         if not isinstance(input_ids, list) or not input_ids:
@@ -238,8 +329,13 @@ def parse_request(payload: bytes | str, limits: RequestLimits | None = None) -> 
     do_sample = flag("do_sample")
     provisional = flag("provisional")
     temperature = data.get("temperature")
-    if temperature is not None and (not _is_number(temperature) or temperature <= 0 or temperature > 1e4):
-        raise bad(f"`temperature` must be a number in (0, 10000], got {str(temperature)[:40]}")
+    if temperature is not None and (
+        not _is_number(temperature) or not MIN_TEMPERATURE <= temperature <= MAX_TEMPERATURE
+    ):
+        raise bad(
+            f"`temperature` must be a number in [{MIN_TEMPERATURE}, {MAX_TEMPERATURE:g}] (use do_sample=false "
+            f"for greedy decoding), got {str(temperature)[:40]}"
+        )
     top_p = data.get("top_p")
     if top_p is not None and (not _is_number(top_p) or not 0.0 < top_p <= 1.0):
         raise bad(f"`top_p` must be a number in (0, 1], got {str(top_p)[:40]}")
@@ -261,22 +357,29 @@ def parse_request(payload: bytes | str, limits: RequestLimits | None = None) -> 
         top_k=top_k,
         seed=seed,
         provisional=provisional,
+        token=token,
     )
 
 
 def parse_control(payload: bytes | str) -> ControlCommand:
-    """``{"type": "cancel"}`` or ``{"type": "resume", "after_seq": n}`` (n >= -1); else BadRequestError."""
+    """``{"type": "cancel", "token": t}`` or ``{"type": "resume", "after_seq": n}`` (n >= -1); else BadRequestError.
+
+    ``token`` (optional here) is the stream's capability; the worker decides what it allows.
+    """
     data = _load_json(payload, 4096, "control message")
     if not isinstance(data, dict):
         raise BadRequestError("a control message must be a JSON object")
+    token = data.get("token")
+    if token is not None and not isinstance(token, str):
+        raise BadRequestError("control.token must be a string")
     kind = data.get("type")
     if kind == "cancel":
-        return ControlCommand("cancel")
+        return ControlCommand("cancel", token=token)
     if kind == "resume":
         after_seq = data.get("after_seq", -1)
         if not _is_int(after_seq) or after_seq < -1:
             raise BadRequestError(f"resume.after_seq must be an integer >= -1, got {str(after_seq)[:40]}")
-        return ControlCommand("resume", after_seq)
+        return ControlCommand("resume", after_seq, token=token)
     raise BadRequestError(f"control type must be 'cancel' or 'resume', got {str(kind)[:40]!r}")
 
 
@@ -312,6 +415,19 @@ def encode_event(event: Event) -> bytes:
     return encode_json(_plain(event))
 
 
-def decode_event(payload: bytes) -> Event:
-    """Parse an event payload (raises ``specdec.streaming.events.EventDecodeError`` / ``ValueError``)."""
-    return event_from_dict(json.loads(payload.decode("utf-8")))
+def encode_queued(event: QueuedEvent) -> bytes:
+    return encode_json(dataclasses.asdict(event))
+
+
+def decode_event(payload: bytes) -> Event | QueuedEvent:
+    """Parse an event payload (raises ``specdec.streaming.events.EventDecodeError`` / ``ValueError``).
+
+    Besides the five stream events, the MQTT-only out-of-band ``queued`` notice decodes to :class:`QueuedEvent`.
+    """
+    data = json.loads(payload.decode("utf-8"))
+    if isinstance(data, dict) and data.get("type") == "queued" and data.get("v") == 1:
+        position, stream_id, ts = data.get("position"), data.get("stream_id"), data.get("ts", 0.0)
+        if not isinstance(position, int) or isinstance(position, bool) or not isinstance(stream_id, str):
+            raise ValueError("bad queued event")
+        return QueuedEvent(stream_id=stream_id, position=position, ts=float(ts) if _is_number(ts) else 0.0)
+    return event_from_dict(data)

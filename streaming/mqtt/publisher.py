@@ -15,6 +15,12 @@ same object the in-process hub keeps (no copy). The lossless policy:
   the last acknowledged one, provisionals included, so that the sequence a
   client reorders by ``seq`` stays gap-free (a stale provisional is ignored by
   the client); later events are on their way through the publisher;
+- replays are coalesced and rate-limited per stream: resumes that arrive while
+  a replay runs merge into one, and an event republished less than
+  ``replay_window_s`` ago is not republished again (every subscriber of the
+  stream got that copy), so any number of resumes within a window sends the
+  log at most once (a subscriber that joined just after waits for its next
+  resume);
 - the worker holds the log object until the stream has been published and its
   ``linger_s`` has passed, so a hub expiring the stream never takes events from
   under the publisher.
@@ -23,6 +29,7 @@ same object the in-process hub keeps (no copy). The lossless policy:
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 
 from .._log import EventLog
@@ -38,7 +45,16 @@ _REPLAY_BATCH = 256  # events per replay batch
 class LogPublisher:
     """Publishes one :class:`EventLog` to ``topic`` over a :class:`Connection`, and replays it on request."""
 
-    def __init__(self, conn: Connection, log: EventLog, topic: str, *, expiry_s: int, window: int = 1000) -> None:
+    def __init__(
+        self,
+        conn: Connection,
+        log: EventLog,
+        topic: str,
+        *,
+        expiry_s: int,
+        window: int = 1000,
+        replay_window_s: float = 1.0,
+    ) -> None:
         self._conn = conn
         self.log = log
         self.topic = topic
@@ -50,6 +66,9 @@ class LogPublisher:
         self._replay_from: int | None = None
         self._replaying = False
         self._log_waiter: asyncio.Future[None] | None = None
+        self._replay_window_s = replay_window_s
+        self._replayed_at: list[float] = []  # by entry index: when a replay last republished it (monotonic)
+        self.replayed = 0  # events republished by replays so far
 
     @property
     def done(self) -> bool:
@@ -140,11 +159,19 @@ class LogPublisher:
             while self._replay_from is not None:
                 after_seq, self._replay_from = self._replay_from, None
                 entries = self.log.entries
-                payloads = [
-                    self._payload(i)
-                    for i in range(min(self.acked, len(entries)))
-                    if entries[i].seq > after_seq
+                now = time.monotonic()
+                upto = min(self.acked, len(entries))
+                if len(self._replayed_at) < upto:
+                    self._replayed_at.extend([-float("inf")] * (upto - len(self._replayed_at)))
+                chosen = [
+                    i
+                    for i in range(upto)
+                    if entries[i].seq > after_seq and now - self._replayed_at[i] >= self._replay_window_s
                 ]
+                for i in chosen:
+                    self._replayed_at[i] = now
+                self.replayed += len(chosen)
+                payloads = [self._payload(i) for i in chosen]
                 for start in range(0, len(payloads), _REPLAY_BATCH):
                     chunk = payloads[start : start + _REPLAY_BATCH]
                     await self._conn.publish_many(self.topic, chunk, expiry_s=self._expiry_s)

@@ -2,9 +2,17 @@
 
 One worker holds one loaded :class:`specdec.SpeculativeGenerator`; any number
 of streams can be open at once (queued, generating, or finished and lingering
-for resumes); the hub runs them one after another on the generator. N workers
-share requests through the MQTT 5 shared subscription
+for resumes). Up to the engine's capacity generate at once (:func:`engine_capacity`:
+the generator's ``max_batch_rows`` when its streams share one engine, else 1);
+the rest wait in the worker's queue (:class:`~.intake.Slots`) and hear their
+position through out-of-band ``queued`` notices; beyond the queue, ``busy``.
+N workers share requests through the MQTT 5 shared subscription
 ``$share/specdec/specdec/v1/requests``.
+
+Strangers on the broker (docs/mqtt.md, "Threat model"): the worker's and its
+guards' client ids carry a secret of this process (no takeover, no false Will);
+a ``cancel`` is obeyed only with the token of the stream's request; replays are
+coalesced and rate-limited per stream (:mod:`.publisher`).
 
 The rooms (each its own module):
 
@@ -41,6 +49,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 import uuid
 from typing import Any
@@ -49,13 +58,26 @@ from ..events import EndEvent, ErrorEvent, Usage
 from .connection import Connection, Session
 from .errors import BadRequestError, TransportError
 from .guards import Guards
-from .intake import Accept, Duplicate, Intake, Reject, Replay, WorkerStream, closed_log, encode_prompt, rejection_events
+from .intake import (
+    Accept,
+    Duplicate,
+    Intake,
+    Reject,
+    Replay,
+    Slots,
+    WorkerStream,
+    closed_log,
+    encode_prompt,
+    rejection_events,
+)
 from .protocol import (
     CONTROL_WILDCARD,
     OUT_OF_BAND_SEQ,
     SHARED_REQUEST_TOPIC,
+    QueuedEvent,
     encode_event,
     encode_json,
+    encode_queued,
     events_topic,
     stream_id_from_topic,
     worker_status_topic,
@@ -69,6 +91,16 @@ __all__ = ["WorkerSettings", "Worker"]
 log = logging.getLogger(__name__)
 
 _PUBLISH_WINDOW = 1000  # unacknowledged event publishes per stream (the transport's in-flight window)
+
+
+def engine_capacity(generator: Any) -> int:
+    """How many streams ``generator`` advances at once: its ``max_batch_rows`` when its ``generate`` calls
+    share one engine (``concurrent_generate``), else 1 (the hub runs them one after another)."""
+    if getattr(generator, "concurrent_generate", False):
+        rows = getattr(generator, "max_batch_rows", None)
+        if isinstance(rows, int) and not isinstance(rows, bool) and rows >= 1:
+            return rows
+    return 1
 
 
 class _Stopped(Exception):
@@ -104,9 +136,16 @@ class Worker:
 
             hub = StreamHub(retention_s=s.linger_s)  # its logs are the replay store
         self.hub = hub
+        # Streams generating at once, and the busy threshold: the engine's real capacity plus a bounded queue.
+        self.capacity = s.max_running_streams or engine_capacity(generator)
+        self.max_open_streams = s.max_open_streams or self.capacity + s.max_queued_streams
+        self.slots = Slots(self.capacity, self._announce_queued)
+        # Client ids carry a secret that never leaves this process: nobody else can name (and take over)
+        # the worker's or a guard's connection, which would fire its Will (docs/mqtt.md, "Threat model").
+        self._secret = secrets.token_hex(16)
         self.intake = Intake(
             s.limits,
-            max_open_streams=s.max_open_streams,
+            max_open_streams=self.max_open_streams,
             max_tracked_streams=s.max_tracked_streams,
             linger_s=s.linger_s,
         )
@@ -116,11 +155,12 @@ class Worker:
             factory=transport_factory,
             will_delay_s=s.will_delay_s,
             event_expiry_s=s.event_expiry_s,
+            secret=self._secret,
         )
         self.status_topic = worker_status_topic(self.worker_id)
         self.connection = Connection(
             self.config,
-            client_id=f"specdec-worker-{self.worker_id}",
+            client_id=f"specdec-worker-{self.worker_id}-{self._secret}",
             factory=transport_factory,
             will=WillSpec(
                 topic=self.status_topic,
@@ -136,7 +176,9 @@ class Worker:
         )
         self.ready = asyncio.Event()
         self.status = "new"
-        self.counters = {"requests": 0, "rejected": 0, "served": 0, "reconnects": 0, "controls": 0}
+        self.counters = {
+            "requests": 0, "rejected": 0, "served": 0, "reconnects": 0, "controls": 0, "refused_controls": 0,
+        }
         self._tg: asyncio.TaskGroup | None = None
         self._stop = asyncio.Event()
         self._stopping = False
@@ -210,6 +252,7 @@ class Worker:
         open_streams = self.intake.open_streams()
         for ws in open_streams:
             ws.cancel_requested = True
+            self.slots.leave(ws)  # a queued stream ends at once with end(cancelled)
         cancels = [ws.hub_stream.cancel() for ws in open_streams if ws.hub_stream is not None]
         try:
             async with asyncio.timeout(self.settings.shutdown_timeout_s):
@@ -303,15 +346,33 @@ class Worker:
         ws, command = routed
         self.counters["controls"] += 1
         if command.type == "cancel":
+            if not self.intake.may_cancel(ws, command):  # only the requester, who holds the stream's token
+                self.counters["refused_controls"] += 1
+                log.info("worker %s: ignored a cancel for %s without its token", self.worker_id, ws.stream_id)
+                return
             ws.cancel_requested = True
+            self.slots.leave(ws)
             if ws.hub_stream is not None and not ws.hub_stream.done:
                 self._spawn(ws.hub_stream.cancel(), f"cancel-{ws.stream_id}")
         else:
             self._replay(ws, command.after_seq)
 
     def _replay(self, ws: WorkerStream, after_seq: int) -> None:
-        if ws.publisher is not None and ws.publisher.want_replay(after_seq):
+        position = self.slots.position(ws)
+        if position is not None:
+            now = time.monotonic()
+            if now - ws.queued_notice_at >= self.settings.replay_window_s:  # rate-limited like replays
+                ws.queued_notice_at = now
+                self._announce_queued(ws, position)  # still waiting: say where
+        elif ws.publisher is not None and ws.publisher.want_replay(after_seq):
             self._spawn(ws.publisher.replay(), f"replay-{ws.stream_id}")
+
+    def _announce_queued(self, ws: WorkerStream, position: int) -> None:
+        notice = encode_queued(QueuedEvent(stream_id=ws.stream_id, position=position))
+        self._spawn(
+            self.connection.publish(events_topic(ws.stream_id), notice, expiry_s=self.settings.event_expiry_s),
+            f"queued-{ws.stream_id}",
+        )
 
     # ------------------------------------------------------------------ one stream
 
@@ -322,6 +383,7 @@ class Worker:
             events_topic(ws.stream_id),
             expiry_s=self.settings.event_expiry_s,
             window=_PUBLISH_WINDOW,
+            replay_window_s=self.settings.replay_window_s,
         )
 
     def _done(self, ws: WorkerStream) -> None:
@@ -343,7 +405,8 @@ class Worker:
                 if self.settings.guards:
                     guard = tg.create_task(self.guards.hold(ws.stream_id), name=f"guard-{ws.stream_id}")
                 try:
-                    await self._open(ws)
+                    if await self._open(ws):
+                        tg.create_task(self._free_slot_when_done(ws), name=f"slot-{ws.stream_id}")
                     assert ws.publisher is not None
                     await ws.publisher.run()
                 finally:  # even if publishing failed: a guard left open would keep the stream's Will armed
@@ -355,7 +418,16 @@ class Worker:
             self._done(ws)
         self.counters["served"] += 1
 
-    async def _open(self, ws: WorkerStream) -> None:
+    async def _free_slot_when_done(self, ws: WorkerStream) -> None:
+        """Give the generation slot back once the stream's generation ended (not when it is published)."""
+        try:
+            with contextlib.suppress(Exception):
+                await ws.hub_stream.result()
+        finally:
+            self.slots.release()
+
+    async def _open(self, ws: WorkerStream) -> bool:
+        """Tokenize, wait for a generation slot, start the stream on the hub. True when it holds a slot."""
         request = ws.request
         assert request is not None
         vocab = getattr(getattr(self.generator, "target", None), "vocab_size", None)
@@ -364,12 +436,17 @@ class Worker:
         except BadRequestError as exc:
             self.counters["rejected"] += 1
             self._attach(ws, closed_log(rejection_events(ws.stream_id, exc.code, str(exc))))
-            return
+            return False
+        slot = False
+        if not (ws.cancel_requested or self._stopping):
+            slot = await self.slots.acquire(ws)  # queued beyond the engine's capacity, with `queued` notices
         if ws.cancel_requested or self._stopping:
+            if slot:
+                self.slots.release()
             usage = Usage(prompt_tokens=len(input_ids), completion_tokens=0, drafted=0, accepted=0)
             end = EndEvent(stream_id=ws.stream_id, seq=0, finish_reason="cancelled", usage=usage, text="")
             self._attach(ws, closed_log([end]))
-            return
+            return False
         names = {
             "model_name": None if self.settings.model_name == "unknown" else self.settings.model_name,
             "draft_name": None if self.settings.model_name == "unknown" else self.settings.draft_name,
@@ -385,8 +462,13 @@ class Worker:
                 **request.generate_kwargs(),
             )
         except ValueError as exc:  # InvalidArgumentError and friends: the request's fault
+            self.slots.release()
             self.counters["rejected"] += 1
             self._attach(ws, closed_log(rejection_events(ws.stream_id, "bad_request", str(exc)[:500])))
-            return
+            return False
+        except BaseException:
+            self.slots.release()
+            raise
         ws.hub_stream = stream
         self._attach(ws, stream.log)
+        return True
