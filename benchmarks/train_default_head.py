@@ -17,7 +17,8 @@ held-out open prompts (greedy, EagleDrafter alone, k = ``--num-draft-tokens``), 
 (tokens, CPU seconds, acceptance) go to ``STAGE/result.json``.
 
     python benchmarks/train_default_head.py --stage trial          # ~10-15 CPU minutes on this machine
-    python benchmarks/train_default_head.py --stage full           # many CPU hours; resumable
+    python benchmarks/train_default_head.py --stage a              # ~7 CPU hours (docs/default_head.md)
+    python benchmarks/train_default_head.py --stage full           # ~22 CPU hours; resumable
 
 Only this script's settings for a stage may change between calls by deleting the stage folder:
 ``train-draft`` refuses a checkpoint written with other settings.
@@ -43,6 +44,7 @@ from default_head_prompts import OPEN_PROMPTS, grid_prompts  # noqa: E402
 #: Per stage: prompts from the grid, answer length, epochs, held-out grid prompts, open prompts evaluated.
 STAGES = {
     "trial": dict(prompts=28, max_new_tokens=48, epochs=3, held_out=4, open_prompts=6, checkpoint_every=5),
+    "a": dict(prompts=240, max_new_tokens=128, epochs=4, held_out=8, open_prompts=16, checkpoint_every=25),
     "full": dict(prompts=720, max_new_tokens=128, epochs=4, held_out=16, open_prompts=16, checkpoint_every=25),
 }
 RECIPE = dict(layers="2,15,27", draft_vocab_size=8192, unroll=2, lr=2e-3, batch_size=4, seed=0)
