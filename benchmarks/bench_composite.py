@@ -7,7 +7,7 @@ head (``--draft composite:HEAD``) and the head alone. Prompts: open ones (held o
 training) and input-grounded ones (the answer copies the prompt). Reports, per system and prompt,
 the median over rounds of the time ratio to the target alone (> 1: faster).
 
-    python benchmarks/bench_composite.py --rounds 2 --max-new-tokens 48 [--head ~/.cache/specdec/default-head/trial/head]
+    python benchmarks/bench_composite.py --rounds 2 --max-new-tokens 48 [--head HEAD_FOLDER]
 """
 
 from __future__ import annotations
