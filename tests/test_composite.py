@@ -231,6 +231,10 @@ def test_greedy_equals_generate_with_an_eagle_head(eagle, prompt, greedy_referen
             out = gen.generate(input_ids, max_new_tokens=NEW)
             assert out.sequences.tolist() == greedy_reference(target, input_ids, NEW).tolist()
     assert drafter.counts["lookup"] > 0 and drafter.counts["head"] > 0
+    # under "auto" the generator's own policy caps k (and may ask for nothing: update without propose)
+    input_ids = _repetitive(prompt, 9)
+    out = gen.generate(input_ids, max_new_tokens=NEW, num_draft_tokens="auto")
+    assert out.sequences.tolist() == greedy_reference(target, input_ids, NEW).tolist()
 
 
 def test_greedy_batch_equals_generate_row_by_row(eagle, prompt, greedy_reference):
