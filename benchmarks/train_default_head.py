@@ -17,8 +17,8 @@ held-out open prompts (greedy, EagleDrafter alone, k = ``--num-draft-tokens``), 
 (tokens, CPU seconds, acceptance) go to ``STAGE/result.json``.
 
     python benchmarks/train_default_head.py --stage trial          # ~10-15 CPU minutes on this machine
-    python benchmarks/train_default_head.py --stage a              # ~7 CPU hours (docs/default_head.md)
-    python benchmarks/train_default_head.py --stage full           # ~22 CPU hours; resumable
+    python benchmarks/train_default_head.py --stage a              # ~3.5 CPU hours (docs/default_head.md)
+    python benchmarks/train_default_head.py --stage full           # ~11 CPU hours; resumable
 
 Only this script's settings for a stage may change between calls by deleting the stage folder:
 ``train-draft`` refuses a checkpoint written with other settings.
