@@ -98,9 +98,13 @@ class SourceCosts:
             self.draft[source] = CostProfile(window=self.window)
         return self.draft[source]
 
-    def alpha_prior(self, key: str) -> float | None:
+    def alpha_prior(self, key: str, default: float) -> float:
+        """The prior mean of ``key``'s acceptance: past requests' mean, ``default`` counting as one request.
+
+        Clamped to [0.05, 0.95]: a prior of 0 would never let the source be tried again.
+        """
         total, count = self.past_alpha.get(key, (0.0, 0))
-        return total / count if count else None
+        return min(max((default + total) / (1 + count), 0.05), 0.95)
 
     def record_request(self, key: str, alpha: float) -> None:
         total, count = self.past_alpha.get(key, (0.0, 0))
@@ -127,7 +131,8 @@ class CostChooser:
     """The default :class:`SourceChooser`: the source (or none) with the most expected tokens per second.
 
     ``prior_mean`` / ``prior_strength``: each acceptance estimate's Beta prior before any request
-    has finished (afterwards the long-run acceptance of past requests is the prior's mean);
+    has finished (a lookup after a longer match starts higher, see :meth:`default_prior`; afterwards
+    the prior's mean moves to the acceptance of past requests, see :meth:`SourceCosts.alpha_prior`);
     ``forget``: how fast old evidence fades, per step. ``max_head_tokens`` caps a head's chain
     (acceptance falls with depth, which the i.i.d. model of :mod:`specdec.adaptive` does not see).
 
@@ -163,11 +168,17 @@ class CostChooser:
         self.estimates = {}
         self.chosen = []
 
+    def default_prior(self, key: str) -> float:
+        """``prior_mean`` for the head; for the lookup, more after a longer match (0.5 at n = 2, +0.1 per token)."""
+        if key.startswith("lookup"):
+            n = int(key[len("lookup") :])
+            return min(max(self.prior_mean + 0.1 * (n - 2), 0.05), 0.8)
+        return self.prior_mean
+
     def estimate(self, key: str) -> AcceptanceEstimate:
         if key not in self.estimates:
-            prior = self.costs.alpha_prior(key)
             self.estimates[key] = AcceptanceEstimate(
-                prior_mean=prior if prior is not None else self.prior_mean,
+                prior_mean=self.costs.alpha_prior(key, self.default_prior(key)),
                 prior_strength=self.prior_strength,
                 forget=self.forget,
             )

@@ -311,3 +311,18 @@ def test_cli_builds_the_composite(eagle, tmp_path):
     for bad in ("composite:", "composite:ngram", f"composite:{tmp_path / 'missing'}"):
         with pytest.raises(InvalidArgumentError):
             check_model_reference(bad, "--draft")
+
+
+def test_a_bad_request_does_not_switch_a_source_off_for_good():
+    """After a request whose lookup copies all failed, the next request still tries the lookup."""
+    costs = SourceCosts()
+    costs.record_request("lookup2", 0.0)
+    chooser = CostChooser(costs)
+    chooser.begin()
+    assert 0.05 <= chooser.estimate("lookup2").alpha < 0.5
+    assert chooser.estimate("lookup4").alpha == pytest.approx(0.7)  # a longer match starts higher
+    clock = Clock()
+    drafter = CompositeDrafter(StubLookup(n=2, tokens=8), None, chooser=CostChooser(costs), clock=clock)
+    simulate(drafter, clock, {"lookup": 0.0}, steps=30)  # a request that learns: copies fail
+    choices = simulate(drafter, clock, {"lookup": 1.0}, steps=60)  # then they are right again
+    assert tail(choices, 30)["lookup"] > 0.9
