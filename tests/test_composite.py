@@ -282,12 +282,12 @@ def test_sampling_keeps_the_target_distribution(tiny_lm):
     drafter = CompositeDrafter(NGramDrafter(max_ngram=2, min_ngram=1), ModelDrafter(_draft(tiny_lm)),
                                chooser=Alternate())  # fmt: skip
     gen = SpeculativeGenerator(target, drafter)
-    counts = _sampled_joint(gen, 600, 2, num_draft_tokens=1)
+    counts = _sampled_joint(gen, 400, 2, num_draft_tokens=1)
     expected = exact_joint(target, PROMPT, 2, LogitsShaper(do_sample=True))
     assert chi_square_pvalue(counts, expected) > P_MIN
     hotter = exact_joint(target, PROMPT, 2, LogitsShaper(do_sample=True, temperature=1.5))
     assert chi_square_pvalue(counts, hotter) < P_WRONG  # negative control
-    assert drafter.counts["lookup"] > 200 and drafter.counts["head"] > 200  # both sources' q exercised
+    assert drafter.counts["lookup"] >= 150 and drafter.counts["head"] >= 150  # both sources' q exercised
     assert SMALL_VOCAB == target.config.vocab_size
 
 
