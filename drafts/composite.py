@@ -170,6 +170,8 @@ class CostChooser:
 
     def default_prior(self, key: str) -> float:
         """``prior_mean`` for the head; for the lookup, more after a longer match (0.5 at n = 2, +0.1 per token)."""
+        if key.startswith("lookup") and key.endswith("+"):
+            return 0.8  # a copy that started right goes on
         if key.startswith("lookup"):
             n = int(key[len("lookup") :])
             return min(max(self.prior_mean + 0.1 * (n - 2), 0.05), 0.8)
@@ -216,10 +218,26 @@ class CostChooser:
         return choice
 
     def _best(self, choice: Choice) -> tuple[float, Choice]:
-        alpha = self.estimate(choice.key).alpha
         source = choice.source
+        if source == "lookup":
+            return self._best_copy(choice)
+        alpha = self.estimate(choice.key).alpha
         k = best_draft_length(alpha, lambda k: self.step_cost(source, k), 1, choice.num_tokens)
         return self.rate(source, alpha, k), Choice(source, k, choice.match_length)
+
+    def _best_copy(self, choice: Choice) -> tuple[float, Choice]:
+        """A copy is all or nothing more than token by token: once its first token is right, the rest
+        usually are. So the lookup has two estimates per match length: ``first`` (its first token is
+        accepted) and ``rest`` (each later one, given the ones before), and a step of ``k`` copied
+        tokens yields ``1 + first * expected_tokens(rest, k - 1)`` tokens."""
+        first, rest = self.estimate(choice.key).alpha, self.estimate(choice.key + "+").alpha
+        best_k, best_rate = 1, -math.inf
+        for k in range(1, choice.num_tokens + 1):
+            cost = self.step_cost("lookup", k)
+            rate = (1.0 + first * expected_tokens(rest, k - 1)) / cost if cost > 0 else math.inf
+            if rate > best_rate * (1.0 + 1e-9):
+                best_k, best_rate = k, rate
+        return best_rate, Choice("lookup", best_k, choice.match_length)
 
     def observe(
         self, choice: Choice | None, num_drafted: int, num_accepted: int, draft_s: float, verify_s: float
@@ -227,12 +245,17 @@ class CostChooser:
         """One step's outcome; ``choice=None``: the generator asked for nothing (no timing, estimates fade)."""
         used = choice.key if choice is not None and num_drafted > 0 else None
         for key, estimate in self.estimates.items():
-            if key != used:
+            if key not in (used, f"{used}+"):
                 estimate.observe(0, 0)  # every step fades the evidence of the sources not used
         if choice is None:
             return
         if used is not None:
-            self.estimate(used).observe(num_drafted, num_accepted)
+            if choice.source == "lookup":
+                self.estimate(used).observe(1, min(num_accepted, 1))
+                if num_accepted >= 1 and num_drafted > 1:
+                    self.estimate(used + "+").observe(num_drafted - 1, num_accepted - 1)
+            else:
+                self.estimate(used).observe(num_drafted, num_accepted)
             self.costs.draft_profile(choice.source).observe_draft(num_drafted, draft_s)
         self.costs.verify.observe_verify(num_drafted, verify_s)
 

@@ -326,3 +326,18 @@ def test_a_bad_request_does_not_switch_a_source_off_for_good():
     simulate(drafter, clock, {"lookup": 0.0}, steps=30)  # a request that learns: copies fail
     choices = simulate(drafter, clock, {"lookup": 1.0}, steps=60)  # then they are right again
     assert tail(choices, 30)["lookup"] > 0.9
+
+
+def test_long_copies_that_are_all_or_nothing_are_proposed_whole():
+    """Copies right half the time, but then entirely: the lookup proposes the whole match."""
+    clock = Clock()
+    drafter = CompositeDrafter(StubLookup(n=3, tokens=16), None, clock=clock)
+    rng = random.Random(1)
+    drafter.begin(_context())
+    for _ in range(80):
+        block = drafter.propose(16)
+        clock.now += 1.0 + 0.1 * len(block)
+        accepted = len(block) if len(block) and rng.random() < 0.5 else 0
+        drafter.update([0] * (accepted + 1), accepted)
+    later = drafter.chooser.chosen[40:]
+    assert sum(c.source == "lookup" and c.num_tokens >= 12 for c in later) > 0.8 * len(later)
