@@ -87,12 +87,21 @@ class NGramDrafter:
 
     def lookup(self, max_tokens: int) -> list[int]:
         """The proposal for the current sequence, as a list (empty when nothing matches)."""
+        return self.match(max_tokens)[1]
+
+    def match(self, max_tokens: int) -> tuple[int, list[int]]:
+        """``(n, proposal)``: the length of the matched suffix and what followed it (``(0, [])`` when none).
+
+        A composite drafter reads ``n`` as the strength of the evidence: a longer matched suffix
+        is copied more reliably.
+        """
         tokens = self._tokens
         for n in range(min(self.max_ngram, len(tokens)), self.min_ngram - 1, -1):
             start = self._index.get(tuple(tokens[len(tokens) - n :]))
             if start is not None:
-                return tokens[start : start + max_tokens]
-        return []
+                proposal = tokens[start : start + max_tokens]
+                return (n, proposal) if proposal else (0, [])
+        return 0, []
 
     def propose(self, max_tokens: int) -> DraftBlock:
         return DraftBlock(torch.tensor(self.lookup(max_tokens), dtype=torch.long))

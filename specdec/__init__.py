@@ -19,8 +19,11 @@ from .errors import (
 # The public names load on first use (PEP 562), so ``import specdec`` (and the
 # CLI's ``--help``) does not pay for torch and transformers.
 _LAZY = {
+    "AcceptanceEstimate": ".adaptive",
     "AdaptiveDraftLength": ".adaptive",
     "CostProfile": ".adaptive",
+    "best_draft_length": ".adaptive",
+    "expected_tokens": ".adaptive",
     "DraftLengthPolicy": ".policy",
     "FixedDraftLength": ".policy",
     "CausalLMAdapter": ".cache",
@@ -43,7 +46,7 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
-    from .adaptive import AdaptiveDraftLength, CostProfile
+    from .adaptive import AcceptanceEstimate, AdaptiveDraftLength, CostProfile, best_draft_length, expected_tokens
     from .cache import CausalLMAdapter, check_rollback_support
     from .drafter import DraftContext, Drafter, HiddenStateDrafter
     from .generator import SpeculativeGenerator, TokenSink
@@ -72,6 +75,7 @@ def __dir__() -> list[str]:
 __version__ = "0.1.0"
 
 __all__ = [
+    "AcceptanceEstimate",
     "AdaptiveDraftLength",
     "CausalLMAdapter",
     "CostProfile",
@@ -95,7 +99,9 @@ __all__ = [
     "VerifiedBlock",
     "VerifyResult",
     "VocabularyMismatchError",
+    "best_draft_length",
     "check_rollback_support",
+    "expected_tokens",
     "greedy_verify",
     "load_model",
     "speculative_sample",

@@ -166,9 +166,21 @@ class CostProfile:
         self.draft_samples = deque(self.draft_samples, maxlen=self.window)
 
     def observe(self, num_drafted: int, draft_s: float, verify_s: float) -> None:
+        self.observe_draft(num_drafted, draft_s)
+        self.observe_verify(num_drafted, verify_s)
+
+    def observe_draft(self, num_drafted: int, draft_s: float) -> None:
+        """The time spent proposing ``num_drafted`` tokens (ignored when nothing was drafted)."""
         if num_drafted > 0 and draft_s >= 0.0:
             self.draft_samples.append(draft_s / num_drafted)
             self.draft_s = statistics.median(self.draft_samples)
+
+    def observe_verify(self, num_drafted: int, verify_s: float) -> None:
+        """The rest of a step that verified ``num_drafted`` drafts (a pass over ``num_drafted + 1`` positions).
+
+        A drafter choosing among several sources keeps one profile of verify times for the target
+        and one of draft times per source (:class:`specdec.drafts.CompositeDrafter`).
+        """
         n = num_drafted + 1
         self.step_count[n] = self.step_count.get(n, 0) + 1
         samples = self.step_samples.setdefault(n, deque(maxlen=self.window))

@@ -40,7 +40,9 @@ SAMPLING_RULE = (
 def make_drafter(spec: str | None, *, target: Any, device: str | None, dtype: Any, num_draft_tokens: int | None):
     """The one place that maps a ``--draft`` value to a drafter object.
 
-    ``ngram`` (default): prompt lookup. ``self``: the target drafts for itself
+    ``ngram`` (default): prompt lookup. ``composite``: prompt lookup where it pays, nothing
+    elsewhere; ``composite:HEAD``: prompt lookup or HEAD (a head folder or draft model), chosen per
+    step from measured costs (:class:`specdec.drafts.CompositeDrafter`). ``self``: the target drafts for itself
     (a test of the machinery, never faster). A folder holding an EAGLE head
     (EAGLE-3 native, ``speculators`` or EAGLE-1): a :class:`specdec.drafts.eagle.EagleDrafter`.
     Anything else: a model id, folder or GGUF file loaded as a :class:`specdec.drafts.ModelDrafter`.
@@ -52,6 +54,13 @@ def make_drafter(spec: str | None, *, target: Any, device: str | None, dtype: An
     kwargs: dict[str, Any] = {"num_draft_tokens": num_draft_tokens} if num_draft_tokens else {}
     if spec in (None, "", "ngram"):
         return NGramDrafter(**kwargs)
+    if spec == "composite" or checks.composite_head(spec) is not None:
+        from specdec.drafts import CompositeDrafter
+
+        head_spec = checks.composite_head(spec)
+        head = make_drafter(head_spec, target=target, device=device, dtype=dtype,
+                            num_draft_tokens=num_draft_tokens) if head_spec else None  # fmt: skip
+        return CompositeDrafter(NGramDrafter(), head, **kwargs)
     if spec == "self":
         return ModelDrafter(target, **kwargs)
     from specdec.drafts.eagle import EagleDrafter, is_head_folder, load_head
@@ -108,7 +117,8 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", default=None, help=f"HF id, folder or .gguf file (default: {DEFAULT_MODEL_NAME})")
     parser.add_argument(
         "--draft", default="ngram",
-        help="drafter: 'ngram' (prompt lookup, default), 'self', an EAGLE head folder, or a draft model id/path",
+        help="drafter: 'ngram' (prompt lookup, default), 'composite' or 'composite:HEAD' (lookup or HEAD per step, "
+        "by measured cost), 'self', an EAGLE head folder, or a draft model id/path",
     )  # fmt: skip
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     parser.add_argument(
@@ -231,7 +241,8 @@ def check_model_arguments(args: argparse.Namespace) -> None:
         args.device.startswith("cuda:") and args.device[5:].isdigit()
     ):
         raise InvalidArgumentError(f"--device {args.device!r}: use cpu, cuda or cuda:N")
-    remote = [ref for ref in (args.target, args.draft) if ref and _is_hub_id(ref)]
+    draft = checks.composite_head(args.draft) or args.draft
+    remote = [ref for ref in (args.target, draft) if ref and _is_hub_id(ref)]
     if remote and not os.environ.get("HF_HUB_OFFLINE") and not checks.hub_reachable():
         from huggingface_hub import try_to_load_from_cache
 

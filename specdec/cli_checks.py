@@ -24,6 +24,7 @@ from .errors import InvalidArgumentError
 
 __all__ = [
     "BrokerAddress",
+    "COMPOSITE_PREFIX",
     "DRAFTER_NAMES",
     "check_broker_url",
     "check_draft_length",
@@ -36,7 +37,9 @@ __all__ = [
 ]
 
 #: ``--draft`` values that name a drafter rather than a model.
-DRAFTER_NAMES = ("ngram", "self")
+DRAFTER_NAMES = ("ngram", "self", "composite")
+#: ``--draft composite:HEAD``: prompt lookup or HEAD (an EAGLE head folder or a draft model), picked per step.
+COMPOSITE_PREFIX = "composite:"
 #: Aliases of the embedded default model (kept in step with ``specdec.models``).
 DEFAULT_ALIASES = ("default", "smollm2", "SmolLM2-135M-Instruct", "HuggingFaceTB/SmolLM2-135M-Instruct")
 MAX_DRAFT_TOKENS = 64
@@ -81,9 +84,26 @@ def looks_like_path(reference: str) -> bool:
     )
 
 
+def composite_head(reference: str | None) -> str | None:
+    """The head of ``--draft composite:HEAD`` (``None`` for any other value)."""
+    if reference is None or not reference.startswith(COMPOSITE_PREFIX):
+        return None
+    head = reference[len(COMPOSITE_PREFIX) :]
+    if head in ("", *DRAFTER_NAMES):
+        raise InvalidArgumentError(
+            f"--draft {reference}: after 'composite:' name an EAGLE head folder or a draft model "
+            "(or pass --draft composite for prompt lookup alone)"
+        )
+    return head
+
+
 def check_model_reference(reference: str | None, option: str) -> None:
     """``--target`` / ``--draft``: a local path must exist and look like a model; a hub id must look like one."""
     if reference in (None, "", *DEFAULT_ALIASES) or (option == "--draft" and reference in DRAFTER_NAMES):
+        return
+    head = composite_head(reference) if option == "--draft" else None
+    if head is not None:
+        check_model_reference(head, option)
         return
     assert reference is not None
     path = Path(reference).expanduser()

@@ -61,6 +61,10 @@ class EagleDrafter:
         self._last: tuple[torch.Tensor, torch.Tensor] | None = None  # head output at the last settled position
         self._generator: torch.Generator | None = None
 
+    def for_row(self) -> EagleDrafter:
+        """A drafter on the same head with its own cache and state, for another row of a batch."""
+        return EagleDrafter(self.head, num_draft_tokens=self.default_num_draft_tokens)
+
     # ------------------------------------------------------------------ protocol
 
     def begin(self, context: DraftContext) -> None:
