@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import torch
 from transformers import PreTrainedModel
@@ -28,7 +28,7 @@ from .cache import CausalLMAdapter, text_config
 from .errors import UnsupportedModelError
 from .kv import READ_QUANTUM, RowKVCache, build_plan
 
-__all__ = ["BatchedTarget", "Segment"]
+__all__ = ["BatchedTarget", "Segment", "TargetRunner"]
 
 _MASKABLE_ATTENTION = ("eager", "sdpa")
 
@@ -41,6 +41,26 @@ class Segment:
     start: int  # logical position of token_ids[0]
     token_ids: torch.Tensor  # LongTensor [n], n >= 1
     logits: bool = True  # False: a prefill chunk, no logits wanted
+
+
+class TargetRunner(Protocol):
+    """What the engine runs its passes on: :class:`BatchedTarget`, or the static path's
+    :class:`~specdec.static_target.StaticTarget` (the same passes on fixed, compiled shapes)."""
+
+    device: torch.device
+    vocab_size: int
+    context_length: int | None
+
+    @property
+    def max_rows(self) -> int: ...
+
+    def ensure(self, max_rows: int, max_len: int) -> None: ...
+
+    def forward(self, segments: list[Segment]) -> list[torch.Tensor | None]: ...
+
+    def capture(self, layers: tuple[int, ...] | None) -> None: ...
+
+    def hidden_states(self, row: int, length: int) -> torch.Tensor: ...
 
 
 class BatchedTarget:

@@ -22,8 +22,8 @@ from .params import UNSET
 from .policy import DraftLengthPolicy
 from .request import DrafterPool, RequestFactory, as_prompts
 from .sequence import Cancelled
-from .static_target import VERIFY_WIDTH_LIMIT, StaticConfig, StaticTarget
 from .sinks import BlockEmitter, TokenCallback
+from .static_target import VERIFY_WIDTH_LIMIT, StaticConfig, StaticTarget
 from .types import SpecOutput, SpecStats, VerifiedBlock
 
 __all__ = ["SpeculativeGenerator", "TokenSink"]
@@ -97,11 +97,9 @@ class SpeculativeGenerator:
             raise InvalidArgumentError(f"max_batch_rows must be an integer >= 1, got {max_batch_rows!r}")
         # The engine's target runner: eager passes shaped as they come, or padded to fixed (compiled) shapes.
         self.target: BatchedTarget | StaticTarget = batched
-        if static is not None:
-            self.target = StaticTarget(batched, static)
-            widest = max(static.widths)
-            max_prefill_chunk = min(max_prefill_chunk, widest)  # prefill chunks fit a static width
-            min_prefill_chunk = min(min_prefill_chunk, max_prefill_chunk)
+        static_target = StaticTarget(batched, static) if static is not None else None
+        if static_target is not None:
+            self.target = static_target
         self.drafter = drafter
         self.max_batch_rows = max_batch_rows
         # The target layers a hidden-state drafter reads (an EAGLE head); None for every other drafter.
@@ -110,14 +108,19 @@ class SpeculativeGenerator:
             self.target.check_layers(self.hidden_layers)
         # Measured draft and verify costs of this (target, drafter, device), for num_draft_tokens="auto".
         self.draft_costs = CostProfile()
-        if isinstance(self.target, StaticTarget):
+        if static is not None and static_target is not None:
             # Longer drafts pay on fixed widths: a verify pass costs its padded width, whatever k fills it.
             verify_widths = [w for w in static.widths if w <= VERIFY_WIDTH_LIMIT] or [min(static.widths)]
             self.draft_costs.k_max = max(verify_widths) - 1 or None
             if static.warmup:
                 # Compile (or load) every width now, and price "auto" draft lengths with the measured passes.
-                seconds = self.target.warmup()
-                self.draft_costs.prime({n: seconds[_padded(n, verify_widths)] for n in range(1, max(verify_widths) + 1)})
+                seconds = static_target.warmup()
+                widest = max(verify_widths)
+                self.draft_costs.prime({n: seconds[_padded(n, verify_widths)] for n in range(1, widest + 1)})
+        if static_target is not None and self.draft_costs.k_max is not None:
+            # A fixed k fills at most the widest verify width (a wider pass would run eagerly); any k gives the
+            # same output.
+            default_k = min(default_k, self.draft_costs.k_max)
         self.requests = RequestFactory(
             target,
             vocab_size=self.target.vocab_size,

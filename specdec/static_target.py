@@ -6,8 +6,10 @@ shapes (:class:`StepShape`):
 
 - rows: the next power of two (a padding row brings no tokens and writes only
   the scratch slot);
-- columns: the next of ``widths`` (default 1, 2, 4, 8, 16 for one-token and
-  verify passes, 64 for prefill chunks);
+- columns: the next of ``widths`` (default 1, 2, 4, 8, 16: one-token and
+  verify passes, and the prefill chunks fused with them; a longer prefill
+  alone runs in one eager pass, where a wide product is compute-bound and
+  MKL does well);
 - slots read: the cache's whole capacity (fixed per process unless a longer
   request grows it), so the slots read never add a shape;
 - logits kept: every column when a segment wants logits, else one.
@@ -54,7 +56,7 @@ from .kv import build_plan
 
 __all__ = ["VERIFY_WIDTH_LIMIT", "StaticConfig", "StaticTarget", "StepShape", "default_cache_dir"]
 
-DEFAULT_WIDTHS = (1, 2, 4, 8, 16, 64)
+DEFAULT_WIDTHS = (1, 2, 4, 8, 16)
 #: Widths up to this are timed as verify passes (every column's logits); wider ones as prefill chunks.
 VERIFY_WIDTH_LIMIT = 16
 
@@ -185,8 +187,8 @@ class StaticTarget:
         self.target.ensure(_power_of_two(max_rows), _power_of_two(max(max_len, 1)))
         if self._graphs and self.compiled:
             for layer in self.target.cache.layers:  # CUDA graphs read the cache where it lies: no copy per replay
-                for tensor in (layer.keys, layer.values):
-                    if tensor is not None:
+                for tensor in (getattr(layer, "keys", None), getattr(layer, "values", None)):
+                    if isinstance(tensor, torch.Tensor):
                         torch._dynamo.mark_static_address(tensor)
 
     def check_layers(self, layers: tuple[int, ...]) -> None:
@@ -233,11 +235,19 @@ class StaticTarget:
             ids[s.row, :n] = s.token_ids
         plan = target.cache.plan
         build_plan(
-            plan, starts, lengths, max_len=target.cache.max_len, windows=set(target.windows.values()),
-            dtype=target.dtype, device=self.device, width=shape.width, read_len=shape.read_len,
+            plan,
+            starts,
+            lengths,
+            max_len=target.cache.max_len,
+            windows=set(target.windows.values()),
+            dtype=target.dtype,
+            device=self.device,
+            width=shape.width,
+            read_len=shape.read_len,
         )
         inputs = self._inputs_for(shape)
         inputs.input_ids.copy_(ids, non_blocking=True)
+        assert plan.positions is not None and plan.write_index is not None  # build_plan set them
         inputs.positions.copy_(plan.positions)
         inputs.write_index.copy_(plan.write_index)
         for window, mask in plan.masks.items():
@@ -286,7 +296,6 @@ class StaticTarget:
 
     def _compile(self) -> Callable[..., torch.Tensor]:
         import torch._dynamo.config as dynamo_config
-
         from torch._inductor.runtime.cache_dir_utils import default_cache_dir as inductor_default
 
         # Inductor reads this variable at every cache access (and sets it to its /tmp default when unset):

@@ -46,13 +46,12 @@ def test_static_greedy_equals_generate(arch, acceptance, k, tiny_lm):
 
 
 def test_static_batch_and_chunked_prefill_equal_generate(tiny_lm):
-    """Three rows (padded to four), prompts longer than the widest width (prefill in chunks of 16)."""
+    """Three rows (padded to four), prompts longer than the widest width, prefilled in static chunks of 16."""
     target = tiny_lm("qwen2")
     prompts = [make_prompt(n, seed=20 + n)[0] for n in (40, 5, 23)]
     new = 20
-    gen = SpeculativeGenerator(target, NGramDrafter(num_draft_tokens=4), compile=StaticConfig(
-        compile=False, widths=(1, 2, 4, 8, 16), max_len=64,
-    ))  # fmt: skip
+    config = StaticConfig(compile=False, widths=(1, 2, 4, 8, 16), max_len=64)
+    gen = SpeculativeGenerator(target, NGramDrafter(num_draft_tokens=4), compile=config, max_prefill_chunk=16)
     out = gen.generate([p.tolist() for p in prompts], max_new_tokens=new)
     for r, prompt in enumerate(prompts):
         stats = out.row_stats[r]
@@ -63,13 +62,16 @@ def test_static_batch_and_chunked_prefill_equal_generate(tiny_lm):
 
 
 def test_wider_passes_run_eagerly_on_the_same_cache(tiny_lm):
-    """k = 9 needs width 10: past the widest static width (8) that pass runs eagerly; the output is the same."""
+    """k = 9 needs width 10: past the widest static width (8) that pass runs eagerly; the output is the same.
+
+    (A fixed k from the drafter is capped to the widest width; an explicit one is not.)
+    """
     target = tiny_lm("llama")
     prompt = make_prompt(6, seed=5)
     expected = _reference(target, prompt, 30)
     drafter = OracleDrafter(expected, 1.0, num_draft_tokens=9)
     gen = SpeculativeGenerator(target, drafter, compile=StaticConfig(compile=False, widths=(1, 8)))
-    out = gen.generate(prompt, max_new_tokens=30)
+    out = gen.generate(prompt, max_new_tokens=30, num_draft_tokens=9)
     assert out.sequences[0].tolist() == expected.tolist()
     assert gen.target.passes["eager"] > 0 and gen.target.passes["static"] > 0
 
@@ -118,7 +120,12 @@ def test_compile_argument_is_checked_before_model_work(value, message, tiny_lm):
 
 @pytest.mark.parametrize(
     "kwargs,message",
-    [({"widths": (4, 2)}, "increasing"), ({"widths": ()}, ">= 1"), ({"widths": (0, 4)}, ">= 1"), ({"max_len": 0}, "max_len")],
+    [
+        ({"widths": (4, 2)}, "increasing"),
+        ({"widths": ()}, ">= 1"),
+        ({"widths": (0, 4)}, ">= 1"),
+        ({"max_len": 0}, "max_len"),
+    ],
 )
 def test_static_config_is_validated(kwargs, message):
     with pytest.raises(InvalidArgumentError, match=message):
