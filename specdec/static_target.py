@@ -332,7 +332,7 @@ class StaticTarget:
         self.compile_s[shape] = seconds
         self.log(
             f"specdec: compiled the target's step rows={shape.rows} width={shape.width} slots={shape.read_len} "
-            f"in {seconds:.1f} s (cache: {self.cache_dir})"
+            f"logits={shape.keep} in {seconds:.1f} s (cache: {self.cache_dir})"
         )
         return logits
 
