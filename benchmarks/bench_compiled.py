@@ -37,7 +37,7 @@ import torch
 from specdec import SpeculativeGenerator, StaticConfig
 from specdec.batch_target import Segment
 from specdec.bench import PROMPTS, environment, progress_bar, real_table, run_real, write_json
-from specdec.bench.harness import time_forward
+from specdec.bench.harness import gemv_bandwidth, time_forward, weight_bytes
 from specdec.bench.report import machine_line
 from specdec.bench.workloads import chat_ids
 from specdec.drafts import NGramDrafter
@@ -45,32 +45,6 @@ from specdec.models import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 WIDTHS = (1, 2, 4, 8, 9, 16)
-
-
-def weight_bytes(model: torch.nn.Module) -> int:
-    """Bytes of the distinct parameters (a tied embedding counted once): what one forward reads."""
-    seen, total = set(), 0
-    for p in model.parameters():
-        if p.data_ptr() not in seen:
-            seen.add(p.data_ptr())
-            total += p.numel() * p.element_size()
-    return total
-
-
-@torch.inference_mode()
-def gemv_bandwidth(dtype: torch.dtype, *, megabytes: int = 256, repeats: int = 9) -> float:
-    """Bytes per second a one-row product streams from a matrix far larger than the caches (median)."""
-    cols = 2048
-    rows = megabytes * 2**20 // (cols * torch.tensor([], dtype=dtype).element_size())
-    matrix = torch.randn(rows, cols, dtype=dtype)
-    vector = torch.randn(1, cols, dtype=dtype)
-    torch.nn.functional.linear(vector, matrix)
-    samples = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        torch.nn.functional.linear(vector, matrix)
-        samples.append(time.perf_counter() - started)
-    return matrix.numel() * matrix.element_size() / statistics.median(samples)
 
 
 @torch.inference_mode()
@@ -115,7 +89,8 @@ def passes_table(result: dict[str, Any]) -> str:
     one = table["ours-compiled"][1]
     for width in WIDTHS:
         hf, ours, comp = (table[s][width] * 1e3 for s in ("hf-eager", "ours-eager", "ours-compiled"))
-        note = " (runs as 16)" if width == 9 else ""
+        padded = next((w for w in result["static_widths"] if w >= width), None)
+        note = f" (runs as {padded})" if padded not in (None, width) else ""
         ratio = table["ours-compiled"][width] / one
         lines.append(f"{width}{note} | {hf:.1f} | {ours:.1f} | {comp:.1f} | {comp / read_ms:.2f} | {ratio:.2f}")
     return "\n".join(lines)
@@ -131,6 +106,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompt-lookup-tokens", type=int, default=10, help="HF prompt_lookup_num_tokens")
     parser.add_argument("--cache-dir", default=None, help="inductor's cache (default ~/.cache/specdec/inductor)")
     parser.add_argument("--no-autotune", action="store_true", help="compile without GEMM autotuning")
+    parser.add_argument(
+        "--widths", default="1,2,4,8,16",
+        help="static widths to compile (fewer: less compile time; a pass pads up to the next)",
+    )  # fmt: skip
+    parser.add_argument("--prompts", default=None, help="comma-separated prompt names (default: all six)")
     parser.add_argument("--quick", action="store_true", help="2 prompts, 24 tokens, 1 round, 3 pass rounds")
     parser.add_argument("--out-dir", default=str(ROOT / "docs"))
     parser.add_argument("--time-budget-s", type=float, default=1500.0, help="end-to-end runs stop starting past it")
@@ -142,7 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     print(machine_line(env), flush=True)
     target, tokenizer = load_model(args.target, dtype="float32", device="cpu", quiet=True)
 
-    config = StaticConfig(autotune=not args.no_autotune, cache_dir=Path(args.cache_dir) if args.cache_dir else None)
+    widths = tuple(int(w) for w in args.widths.split(","))
+    cache_dir = Path(args.cache_dir) if args.cache_dir else None
+    config = StaticConfig(autotune=not args.no_autotune, widths=widths, cache_dir=cache_dir)
     started = time.perf_counter()
     compiled = SpeculativeGenerator(target, NGramDrafter(), compile=config)
     build_s = time.perf_counter() - started
@@ -163,12 +145,15 @@ def main(argv: list[str] | None = None) -> int:
         "gemv_gb_s": bandwidth / 1e9,
         "weight_read_s": weight_bytes(target) / bandwidth,
         "passes": {system: {str(w): t for w, t in table.items()} for system, table in passes.items()},
+        "static_widths": list(widths),
     }
     result["passes"] = passes  # int keys while this process formats the table
     text = passes_table(result)
     print(text, flush=True)
 
     prompts = [PROMPTS[0], PROMPTS[4]] if args.quick else list(PROMPTS)
+    if args.prompts:
+        prompts = [p for p in PROMPTS if p.name in args.prompts.split(",")]
     deadline = time.perf_counter() + args.time_budget_s
     real = run_real(
         target=target,
