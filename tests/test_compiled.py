@@ -155,3 +155,12 @@ def test_compiled_greedy_equals_generate(tiny_lm, tmp_path):
         "specdec: compiled the target's step rows=1 width=8 slots=256 logits=1",
         "specdec: compiled the target's step rows=1 width=8 slots=256 logits=8",
     ]
+
+
+@pytest.mark.parametrize("command", [["generate", "hello"], ["serve", "--http", "127.0.0.1:0"]])
+def test_cli_compile_flag(command):
+    from specdec.cli import build_parser
+
+    parser = build_parser(with_bench=False)
+    assert parser.parse_args([*command, "--compile"]).compile is True
+    assert parser.parse_args(command).compile is False
