@@ -121,6 +121,7 @@ def compiled_cell(
     rounds: int,
     config: StaticConfig,
     deadline: float,
+    probe_mb: int = 256,
 ) -> dict:
     """The compiled path against HF and ours eager at one (alpha, k) cell; tokens/s and same-token checks."""
     device = prompt.device
@@ -157,7 +158,7 @@ def compiled_cell(
     interleave(systems, rounds=1, device=device, deadline=deadline)  # warm-up: HF compiles its static cache here
     timings = interleave(systems, rounds=rounds, device=device, deadline=deadline)
     configure_oracle(draft, None)
-    read_s = weight_bytes(target) / gemv_bandwidth(next(target.parameters()).dtype, device)
+    read_s = weight_bytes(target) / gemv_bandwidth(next(target.parameters()).dtype, device, megabytes=probe_mb)
     one_token_s = compiled.draft_costs.verify_s(1)  # the warm-up's compiled one-token pass
     result = {
         "alpha": alpha,
@@ -285,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
             cell = compiled_cell(
                 target, draft, prompt.to(device), alpha=0.8, k=5, max_new_tokens=args.max_new_tokens,
                 rounds=args.rounds, config=config, deadline=min(hard_deadline, now + share),
+                probe_mb=16 if args.tiny else 256,
             )  # fmt: skip
             result["compiled"] = cell
             print(compiled_summary(cell), flush=True)
