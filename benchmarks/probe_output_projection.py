@@ -6,7 +6,6 @@ tiny graphs). It checks what the compiled path's GEMM choice is worth on the CPU
 ``"ATEN,CPP"`` lets the autotuner choose. Prints compile seconds and the best of two medians of 15 calls.
 """
 
-import statistics
 from __future__ import annotations
 
 import statistics
