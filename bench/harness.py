@@ -19,7 +19,16 @@ from transformers import GenerationMixin, PreTrainedModel
 
 from specdec import CausalLMAdapter
 
-__all__ = ["Timings", "device_sync", "hf_greedy", "interleave", "median", "time_forward"]
+__all__ = [
+    "Timings",
+    "device_sync",
+    "gemv_bandwidth",
+    "hf_greedy",
+    "interleave",
+    "median",
+    "time_forward",
+    "weight_bytes",
+]
 
 
 def device_sync(device: torch.device | str) -> None:
@@ -124,3 +133,37 @@ def time_forward(
             adapter.truncate(base)
     adapter.reset()
     return {n: median(v) for n, v in samples.items()}
+
+
+def weight_bytes(model: torch.nn.Module) -> int:
+    """Bytes of the distinct parameters (a tied embedding counted once): what one forward pass reads."""
+    seen, total = set(), 0
+    for p in model.parameters():
+        if p.data_ptr() not in seen:
+            seen.add(p.data_ptr())
+            total += p.numel() * p.element_size()
+    return total
+
+
+@torch.inference_mode()
+def gemv_bandwidth(
+    dtype: torch.dtype, device: torch.device | str = "cpu", *, megabytes: int = 256, repeats: int = 9
+) -> float:
+    """Bytes per second a one-row product streams from a matrix far larger than the caches (median).
+
+    ``weight_bytes(model) / gemv_bandwidth(...)`` is the machine's time to read the model's weights once:
+    the floor of a one-token step.
+    """
+    cols = 2048
+    rows = megabytes * 2**20 // (cols * torch.tensor([], dtype=dtype).element_size())
+    matrix = torch.randn(rows, cols, dtype=dtype, device=device)
+    vector = torch.randn(1, cols, dtype=dtype, device=device)
+    torch.nn.functional.linear(vector, matrix)
+    samples = []
+    for _ in range(repeats):
+        device_sync(device)
+        started = time.perf_counter()
+        torch.nn.functional.linear(vector, matrix)
+        device_sync(device)
+        samples.append(time.perf_counter() - started)
+    return matrix.numel() * matrix.element_size() / statistics.median(samples)

@@ -39,16 +39,20 @@ def run_real(
     seed: int = 0,
     deadline: float | None = None,
     progress: Callable[[int], Callable[[str], None]] | None = None,
+    generators: dict[str, SpeculativeGenerator] | None = None,
 ) -> dict:
     """Time every system on every prompt; return a JSON-ready dict.
 
     ``drafters``: name -> zero-argument factory of a drafter (ours); each gets
     its own :class:`SpeculativeGenerator`, reused across prompts.
     ``num_draft_tokens``: per-drafter ``num_draft_tokens`` (default None: the drafter's default).
+    ``generators``: name -> a generator built by the caller (a compiled one), used
+    as it is; its name need not be in ``drafters``.
     """
     device = next(target.parameters()).device
     num_draft_tokens = num_draft_tokens or {}
-    generators = {name: SpeculativeGenerator(target, factory()) for name, factory in drafters.items()}
+    built = {name: SpeculativeGenerator(target, factory()) for name, factory in drafters.items()}
+    generators = {**built, **(generators or {})}
     systems: dict[str, Callable[[], Any]] = {}
     outputs: dict[str, torch.Tensor] = {}
     stats: dict[str, Any] = {}

@@ -16,6 +16,14 @@ timings stand. For each target: the target alone (HF
 generate), ours with OracleDrafter(cost_model=draft) and HF assisted generation
 with the same oracle draft, alpha x k, plus ours with num_draft_tokens="auto".
 
+Then, per target, the compiled path (issue 13) at one cell (alpha 0.8, k 5):
+tokens/s of HF alone (eager, and its static cache + torch.compile), HF
+assisted, ours eager and ours compiled (``compile=StaticConfig(...)``: CUDA
+graphs per width), the compiled one-token step against the weight-read time
+(a GEMV bandwidth probe), and how many compiled outputs differ from the
+target's eager greedy output (bf16 may round a wide pass differently; never
+hidden). ``--no-compiled`` skips it.
+
 One command, hard internal time budget (default 450 s of sweeping, after which
 no new run starts; the JSON is written after each target):
 
@@ -36,7 +44,10 @@ from pathlib import Path
 import torch
 from transformers import LlamaForCausalLM
 
+from specdec import SpeculativeGenerator, StaticConfig
 from specdec.bench import (
+    configure_assistant,
+    configure_oracle,
     controlled_table,
     environment,
     oracle_model_class,
@@ -46,6 +57,7 @@ from specdec.bench import (
     run_controlled,
     write_json,
 )
+from specdec.bench.harness import gemv_bandwidth, hf_greedy, interleave, weight_bytes
 from specdec.drafts import OracleDrafter
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,6 +110,93 @@ def realised_alpha_problems(result: dict, *, tolerance: float = 0.2) -> list[str
     return problems
 
 
+def compiled_cell(
+    target,
+    draft,
+    prompt: torch.Tensor,
+    *,
+    alpha: float,
+    k: int,
+    max_new_tokens: int,
+    rounds: int,
+    config: StaticConfig,
+    deadline: float,
+    probe_mb: int = 256,
+) -> dict:
+    """The compiled path against HF and ours eager at one (alpha, k) cell; tokens/s and same-token checks."""
+    device = prompt.device
+    reference = hf_greedy(target, prompt, max_new_tokens)  # [1, L + new]: the eager target's greedy output
+    new = int(reference.shape[1] - prompt.shape[1])
+
+    def oracle() -> OracleDrafter:
+        return OracleDrafter(reference[0], alpha, num_draft_tokens=k, cost_model=draft)
+
+    started = time.perf_counter()
+    compiled = SpeculativeGenerator(target, oracle(), compile=config)
+    build_s = time.perf_counter() - started
+    eager = SpeculativeGenerator(target, oracle())
+    configure_oracle(draft, reference[0].tolist(), alpha)
+    outputs: dict[str, torch.Tensor] = {}
+
+    def hf(name: str, **extra) -> None:
+        outputs[name] = hf_greedy(target, prompt, max_new_tokens, **extra)
+
+    def ours(name: str, gen: SpeculativeGenerator) -> None:
+        outputs[name] = gen.generate(prompt, max_new_tokens=max_new_tokens, num_draft_tokens=k).sequences
+
+    def assisted() -> None:
+        configure_assistant(draft, k)
+        hf("hf-assisted", assistant_model=draft)
+
+    systems = {
+        "hf-eager": lambda: hf("hf-eager"),
+        "hf-static-compile": lambda: hf("hf-static-compile", cache_implementation="static"),
+        "hf-assisted": assisted,
+        "ours-eager": lambda: ours("ours-eager", eager),
+        "ours-compiled": lambda: ours("ours-compiled", compiled),
+    }
+    interleave(systems, rounds=1, device=device, deadline=deadline)  # warm-up: HF compiles its static cache here
+    timings = interleave(systems, rounds=rounds, device=device, deadline=deadline)
+    configure_oracle(draft, None)
+    read_s = weight_bytes(target) / gemv_bandwidth(next(target.parameters()).dtype, device, megabytes=probe_mb)
+    one_token_s = compiled.draft_costs.verify_s(1)  # the warm-up's compiled one-token pass
+    result = {
+        "alpha": alpha,
+        "k": k,
+        "new_tokens": new,
+        "build_s": build_s,
+        "fallback": getattr(compiled.target, "fallback_reason", None),
+        "weight_read_ms": read_s * 1e3,
+        "compiled_one_token_ms": one_token_s * 1e3,
+        "compiled_one_token_over_read": one_token_s / read_s,
+        "systems": {},
+    }
+    for name in systems:
+        seconds = timings.median(name)
+        out = outputs.get(name)
+        result["systems"][name] = {
+            "tokens_per_s": new / seconds if seconds == seconds else None,
+            "same_tokens_as_eager_greedy": bool(out is not None and torch.equal(out.cpu(), reference.cpu())),
+        }
+    return result
+
+
+def compiled_summary(cell: dict) -> str:
+    rate = {name: entry["tokens_per_s"] for name, entry in cell["systems"].items()}
+    lines = [
+        f"compiled path, alpha={cell['alpha']} k={cell['k']}: one-token step {cell['compiled_one_token_ms']:.2f} ms "
+        f"vs weight read {cell['weight_read_ms']:.2f} ms ({cell['compiled_one_token_over_read']:.2f}x); "
+        f"built in {cell['build_s']:.0f} s; fallback: {cell['fallback']}"
+    ]
+    for name, entry in cell["systems"].items():
+        value = entry["tokens_per_s"]
+        shown = f"{value:.1f} tok/s" if value else "not run"
+        lines.append(f"  {name}: {shown}, same tokens as eager greedy: {entry['same_tokens_as_eager_greedy']}")
+    if rate.get("ours-compiled") and rate.get("hf-assisted"):
+        lines.append(f"  ours compiled / HF assisted: {rate['ours-compiled'] / rate['hf-assisted']:.2f}x")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda")
@@ -111,6 +210,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-s", type=float, default=450.0, help="hard budget: no run starts after this")
     parser.add_argument("--tiny", action="store_true", help="tiny shapes (CPU smoke test)")
     parser.add_argument("--no-hf", action="store_true")
+    parser.add_argument("--no-compiled", action="store_true", help="skip the compiled path's cell")
+    parser.add_argument(
+        "--compile-off", action="store_true",
+        help="the compiled cell's static shapes without compiling (the default on a CPU: a smoke run)",
+    )  # fmt: skip
     parser.add_argument(
         "--dtype",
         default=None,
@@ -146,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         share = (hard_deadline - now) / (len(targets) - i)
         target = build(shapes[name], vocab=vocab, dtype=dtype, device=device, seed=0, stable=True)
         params = sum(p.numel() for p in target.parameters())
+        sweep_share = share * (0.6 if not args.no_compiled else 1.0)
         result = run_controlled(
             target=target,
             draft=draft,
@@ -157,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
             rounds=args.rounds,
             warmup=args.warmup,
             include_hf=not args.no_hf,
-            deadline=time.perf_counter() + share,
+            deadline=time.perf_counter() + sweep_share,
             progress=progress_bar(True, f"sweep {name}"),
         )
         result.update(
@@ -175,6 +280,16 @@ def main(argv: list[str] | None = None) -> int:
                 f"gpu_sweep: WARNING, the oracle's reference went stale in {len(problems)} cells: {problems}",
                 flush=True,
             )
+        if not args.no_compiled:
+            compile_it = device.type == "cuda" and not args.compile_off
+            config = StaticConfig(compile=compile_it, widths=(1, 2, 4, 6, 8), warmup=True)
+            cell = compiled_cell(
+                target, draft, prompt.to(device), alpha=0.8, k=5, max_new_tokens=args.max_new_tokens,
+                rounds=args.rounds, config=config, deadline=min(hard_deadline, now + share),
+                probe_mb=16 if args.tiny else 256,
+            )  # fmt: skip
+            result["compiled"] = cell
+            print(compiled_summary(cell), flush=True)
         summary["results"][name] = result
         write_json(summary, out_dir / "bench_gpu_sweep.json")
         plot_controlled(result, out_dir / f"bench_gpu_{name}.png", title=f"{result['target']} on {result['device']}")

@@ -32,6 +32,7 @@ _LAZY = {
     "Drafter": ".drafter",
     "HiddenStateDrafter": ".drafter",
     "SpeculativeGenerator": ".generator",
+    "StaticConfig": ".static_target",
     "TokenSink": ".generator",
     "LogitsShaper": ".logits",
     "load_model": ".models",
@@ -53,6 +54,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from .logits import LogitsShaper
     from .models import load_model
     from .policy import DraftLengthPolicy, FixedDraftLength
+    from .static_target import StaticConfig
     from .types import DraftBlock, FinishReason, SpecOutput, SpecStats, VerifiedBlock, VerifyResult
     from .verify import greedy_verify, speculative_sample
 
@@ -94,6 +96,7 @@ __all__ = [
     "SpecOutput",
     "SpecStats",
     "SpeculativeGenerator",
+    "StaticConfig",
     "TokenSink",
     "UnsupportedModelError",
     "VerifiedBlock",

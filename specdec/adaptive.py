@@ -159,6 +159,8 @@ class CostProfile:
     step_s: dict[int, float] = field(default_factory=dict)
     alpha_sum: float = 0.0  # acceptance over past requests, for the next request's prior
     alpha_requests: int = 0
+    #: The longest draft worth pricing, when the runner knows it (the static path: its widest verify width - 1).
+    k_max: int | None = None
 
     def __post_init__(self) -> None:
         if self.window < 1:
@@ -186,6 +188,19 @@ class CostProfile:
         samples = self.step_samples.setdefault(n, deque(maxlen=self.window))
         samples.append(verify_s)
         self.step_s[n] = statistics.median(samples)
+
+    def prime(self, step_s: dict[int, float]) -> None:
+        """Start from step times measured ahead of any request: ``step_s[n]``, seconds over ``n`` positions.
+
+        The static path times each of its widths when it is built. Each time is
+        one sample; the steps that run add theirs and take over the median.
+        """
+        for n, seconds in step_s.items():
+            if n < 1 or not seconds > 0:
+                raise ValueError(f"step_s needs n >= 1 and seconds > 0, got {n}: {seconds}")
+            samples = self.step_samples.setdefault(n, deque(maxlen=self.window))
+            samples.append(seconds)
+            self.step_s[n] = statistics.median(samples)
 
     @property
     def measured(self) -> bool:
@@ -282,7 +297,9 @@ class AdaptiveDraftLength:
             raise ValueError(f"k_min must be >= 0, got {k_min}")
         self.profile = profile
         self.k_min = k_min
-        self.k_max = max(k_max if k_max is not None else max(8, 2 * default_k), k_min, 1)
+        if k_max is None:
+            k_max = profile.k_max if profile.k_max is not None else max(8, 2 * default_k)
+        self.k_max = max(k_max, k_min, 1)
         self.default_k = min(max(default_k, k_min), self.k_max)
         self.explore_every = explore_every
         self.explore_samples = explore_samples

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import torch
 from transformers import PreTrainedModel
@@ -28,7 +28,7 @@ from .cache import CausalLMAdapter, text_config
 from .errors import UnsupportedModelError
 from .kv import READ_QUANTUM, RowKVCache, build_plan
 
-__all__ = ["BatchedTarget", "Segment"]
+__all__ = ["BatchedTarget", "Segment", "TargetRunner"]
 
 _MASKABLE_ATTENTION = ("eager", "sdpa")
 
@@ -41,6 +41,26 @@ class Segment:
     start: int  # logical position of token_ids[0]
     token_ids: torch.Tensor  # LongTensor [n], n >= 1
     logits: bool = True  # False: a prefill chunk, no logits wanted
+
+
+class TargetRunner(Protocol):
+    """What the engine runs its passes on: :class:`BatchedTarget`, or the static path's
+    :class:`~specdec.static_target.StaticTarget` (the same passes on fixed, compiled shapes)."""
+
+    device: torch.device
+    vocab_size: int
+    context_length: int | None
+
+    @property
+    def max_rows(self) -> int: ...
+
+    def ensure(self, max_rows: int, max_len: int) -> None: ...
+
+    def forward(self, segments: list[Segment]) -> list[torch.Tensor | None]: ...
+
+    def capture(self, layers: tuple[int, ...] | None) -> None: ...
+
+    def hidden_states(self, row: int, length: int) -> torch.Tensor: ...
 
 
 class BatchedTarget:
@@ -57,8 +77,8 @@ class BatchedTarget:
         for needed in ("position_ids", "attention_mask"):
             if needed not in params:
                 raise UnsupportedModelError(f"{name}.forward takes no `{needed}`: specdec passes positions and masks")
-        self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
-        self._keeps_logits = "logits_to_keep" in params
+        self.cache_kwarg = "cache" if "cache" in params else "past_key_values"
+        self.keeps_logits = "logits_to_keep" in params
         config = text_config(model)
         attention = getattr(model.config, "_attn_implementation", None) or "eager"
         if attention not in _MASKABLE_ATTENTION:
@@ -70,10 +90,10 @@ class BatchedTarget:
         window = getattr(config, "sliding_window", None)
         if layer_types is not None:
             # Models with per-layer attention types take a {layer_type: mask} dict.
-            self._windows = {kind: (window if kind == "sliding_attention" else None) for kind in set(layer_types)}
+            self.windows = {kind: (window if kind == "sliding_attention" else None) for kind in set(layer_types)}
         else:
-            self._windows = {None: window if isinstance(window, int) and window > 0 else None}
-        self._dtype = next(model.parameters()).dtype
+            self.windows = {None: window if isinstance(window, int) and window > 0 else None}
+        self.dtype = next(model.parameters()).dtype
         self.cache = RowKVCache(int(config.num_hidden_layers), max_rows, max_len)
         self._probe()
 
@@ -115,26 +135,28 @@ class BatchedTarget:
             input_ids[s.row, : lengths[s.row]] = s.token_ids.to(self.device)
         plan = self.cache.plan
         build_plan(
-            plan, starts, lengths, max_len=self.cache.max_len, windows=set(self._windows.values()),
-            dtype=self._dtype, device=self.device,
+            plan, starts, lengths, max_len=self.cache.max_len, windows=set(self.windows.values()),
+            dtype=self.dtype, device=self.device,
         )
-        mask: torch.Tensor | dict[Any, torch.Tensor]
-        if list(self._windows) == [None]:
-            mask = plan.masks[self._windows[None]]
-        else:
-            mask = {kind: plan.masks[window] for kind, window in self._windows.items()}
-        kwargs = {self._cache_kwarg: self.cache, "use_cache": True}
+        mask = self.attention_mask(plan.masks)
+        kwargs = {self.cache_kwarg: self.cache, "use_cache": True}
         wanted = max((lengths[s.row] for s in segments if s.logits), default=0)
-        if self._keeps_logits:
+        if self.keeps_logits:
             kwargs["logits_to_keep"] = torch.arange(max(wanted, 1), device=self.device)
         outputs = self.model(input_ids=input_ids, position_ids=plan.positions, attention_mask=mask, **kwargs)
         logits = outputs.logits  # [rows, width or wanted, vocab]
         return [logits[s.row, : lengths[s.row]] if s.logits else None for s in segments]
 
+    def attention_mask(self, masks: dict[int | None, torch.Tensor]) -> torch.Tensor | dict[Any, torch.Tensor]:
+        """The ``attention_mask`` argument for the model from a plan's masks (one per window)."""
+        if list(self.windows) == [None]:
+            return masks[self.windows[None]]
+        return {kind: masks[window] for kind, window in self.windows.items()}
+
     def _probe(self) -> None:
         """Check on a short sequence that pieces through the cache equal one plain forward."""
         length = 12
-        window = max((w for w in self._windows.values() if w is not None), default=None)
+        window = max((w for w in self.windows.values() if w is not None), default=None)
         if window is not None and window + 4 <= 64:
             length = max(length, window + 4)
         if self.context_length is not None:
@@ -151,7 +173,7 @@ class BatchedTarget:
         other = torch.cat([cast(torch.Tensor, first[1]), cast(torch.Tensor, second[1])]).float()
         scale = plain.abs().max().clamp(min=1e-6)
         error = float(max((ours - plain).abs().max(), (other - plain).abs().max()) / scale)
-        tolerance = 1e-3 if self._dtype in (torch.float32, torch.float64) else 5e-2
+        tolerance = 1e-3 if self.dtype in (torch.float32, torch.float64) else 5e-2
         if not error <= tolerance:
             raise UnsupportedModelError(
                 f"{type(self.model).__name__} does not honour position_ids and a custom 4-D attention mask "

@@ -126,6 +126,11 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
         help="auto (default): bfloat16 on a GPU or a CPU with native bfloat16 (AVX512-BF16/AMX), else float32",
     )  # fmt: skip
     parser.add_argument("--num-draft-tokens", type=_draft_length, default=None, help="draft tokens per step, or 'auto'")
+    parser.add_argument(
+        "--compile", action="store_true",
+        help="run the target on fixed shapes compiled with torch.compile (the first run compiles, minutes on a CPU; "
+        "later runs load ~/.cache/specdec/inductor); the output is the same",
+    )  # fmt: skip
     parser.add_argument("-v", "--verbose", action="store_true", help="say which dtype and device were chosen and why")
 
 
@@ -275,7 +280,7 @@ def _prepare(args: argparse.Namespace) -> tuple[Any, Any, Any]:
         args.draft, target=model, device=str(device), dtype=dtype,
         num_draft_tokens=args.num_draft_tokens if isinstance(args.num_draft_tokens, int) else None,
     )  # fmt: skip
-    return SpeculativeGenerator(model, drafter), model, tokenizer
+    return SpeculativeGenerator(model, drafter, compile=bool(getattr(args, "compile", False))), model, tokenizer
 
 
 # --------------------------------------------------------------------------- generate

@@ -37,7 +37,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, cast
 
-from .batch_target import BatchedTarget, Segment
+from .batch_target import Segment, TargetRunner
 from .errors import InvalidArgumentError
 from .request import DrafterPool, Request
 from .sequence import Sequence
@@ -117,7 +117,7 @@ class Engine:
 
     def __init__(
         self,
-        target: BatchedTarget,
+        target: TargetRunner,
         drafters: DrafterPool,
         *,
         max_rows: int = 16,

@@ -23,6 +23,7 @@ from .policy import DraftLengthPolicy
 from .request import DrafterPool, RequestFactory, as_prompts
 from .sequence import Cancelled
 from .sinks import BlockEmitter, TokenCallback
+from .static_target import VERIFY_WIDTH_LIMIT, StaticConfig, StaticTarget
 from .types import SpecOutput, SpecStats, VerifiedBlock
 
 __all__ = ["SpeculativeGenerator", "TokenSink"]
@@ -69,8 +70,15 @@ class SpeculativeGenerator:
         max_batch_rows: int = MAX_BATCH_ROWS,
         min_prefill_chunk: int = 16,
         max_prefill_chunk: int = 1024,
+        compile: bool | StaticConfig = False,
     ) -> None:
-        self.target = BatchedTarget(target)
+        if isinstance(compile, bool):
+            static = StaticConfig() if compile else None
+        elif isinstance(compile, StaticConfig):
+            static = compile
+        else:
+            raise InvalidArgumentError(f"compile must be True, False or a specdec.StaticConfig, got {compile!r}")
+        batched = BatchedTarget(target)
         for attr in ("propose", "update", "begin", "end"):
             if not callable(getattr(drafter, attr, None)):
                 raise InvalidArgumentError(
@@ -80,13 +88,18 @@ class SpeculativeGenerator:
         if not isinstance(default_k, int) or default_k < 1:
             raise InvalidArgumentError(f"drafter {type(drafter).__name__}.default_num_draft_tokens must be an int >= 1")
         drafter_vocab = getattr(drafter, "vocab_size", None)
-        if drafter_vocab is not None and drafter_vocab != self.target.vocab_size:
+        if drafter_vocab is not None and drafter_vocab != batched.vocab_size:
             raise VocabularyMismatchError(
-                f"the drafter's vocabulary has {drafter_vocab} tokens but the target's has {self.target.vocab_size}; "
+                f"the drafter's vocabulary has {drafter_vocab} tokens but the target's has {batched.vocab_size}; "
                 "draft and target must share one tokenizer and vocabulary"
             )
         if isinstance(max_batch_rows, bool) or not isinstance(max_batch_rows, int) or max_batch_rows < 1:
             raise InvalidArgumentError(f"max_batch_rows must be an integer >= 1, got {max_batch_rows!r}")
+        # The engine's target runner: eager passes shaped as they come, or padded to fixed (compiled) shapes.
+        self.target: BatchedTarget | StaticTarget = batched
+        static_target = StaticTarget(batched, static) if static is not None else None
+        if static_target is not None:
+            self.target = static_target
         self.drafter = drafter
         self.max_batch_rows = max_batch_rows
         # The target layers a hidden-state drafter reads (an EAGLE head); None for every other drafter.
@@ -95,6 +108,19 @@ class SpeculativeGenerator:
             self.target.check_layers(self.hidden_layers)
         # Measured draft and verify costs of this (target, drafter, device), for num_draft_tokens="auto".
         self.draft_costs = CostProfile()
+        if static is not None and static_target is not None:
+            # Longer drafts pay on fixed widths: a verify pass costs its padded width, whatever k fills it.
+            verify_widths = [w for w in static.widths if w <= VERIFY_WIDTH_LIMIT] or [min(static.widths)]
+            self.draft_costs.k_max = max(verify_widths) - 1 or None
+            if static.warmup:
+                # Compile (or load) every width now, and price "auto" draft lengths with the measured passes.
+                seconds = static_target.warmup()
+                widest = max(verify_widths)
+                self.draft_costs.prime({n: seconds[_padded(n, verify_widths)] for n in range(1, widest + 1)})
+        if static_target is not None and self.draft_costs.k_max is not None:
+            # A fixed k fills at most the widest verify width (a wider pass would run eagerly); any k gives the
+            # same output.
+            default_k = min(default_k, self.draft_costs.k_max)
         self.requests = RequestFactory(
             target,
             vocab_size=self.target.vocab_size,
@@ -270,6 +296,10 @@ class SpeculativeGenerator:
             if isinstance(value, int):
                 return value
         return 0
+
+
+def _padded(n: int, widths: list[int]) -> int:
+    return next(w for w in widths if w >= n)
 
 
 def _single(prompts: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -150,22 +150,29 @@ def build_plan(
     windows: set[int | None],
     dtype: torch.dtype,
     device: torch.device,
+    width: int | None = None,
+    read_len: int | None = None,
 ) -> None:
     """Fill ``plan`` for a pass where row ``r`` brings ``lengths[r]`` tokens starting at position ``starts[r]``.
 
     Rows with length 0 take part with padding only. ``windows``: the attention
     windows the model's layers use (``None`` = full attention); one mask is
-    built per window.
+    built per window. ``width`` and ``read_len`` fix the pass's columns and the
+    slots it reads (the static path's padded shapes); by default the widest
+    row and the end of the longest row rounded up to :data:`READ_QUANTUM`.
     """
     rows = len(starts)
-    width = max(max(lengths), 1)
+    width = max(max(lengths), 1, width or 0)
     start = torch.tensor(starts, dtype=torch.long, device=device)[:, None]  # [rows, 1]
     length = torch.tensor(lengths, dtype=torch.long, device=device)[:, None]  # [rows, 1]
     column = torch.arange(width, device=device)[None, :]  # [1, width]
     real = column < length  # [rows, width]
     positions = torch.where(real, start + column, torch.zeros_like(column))  # [rows, width]
     end = max(s + n for s, n in zip(starts, lengths, strict=False))
-    read_len = min(-(-max(end, 1) // READ_QUANTUM) * READ_QUANTUM, max_len)
+    if read_len is None:
+        read_len = min(-(-max(end, 1) // READ_QUANTUM) * READ_QUANTUM, max_len)
+    elif not end <= read_len <= max_len:
+        raise ValueError(f"read_len {read_len} must cover the rows' ends ({end}) and fit the cache ({max_len})")
     plan.rows = rows
     plan.positions = positions
     plan.write_index = torch.where(real, positions, torch.full_like(positions, max_len))

@@ -217,6 +217,9 @@ def test_gpu_sweep_runs_end_to_end_on_cpu_with_tiny_shapes(tmp_path):
         assert all(r["ours_same_tokens"] for r in result["rows"])
         assert all(r["hf_same_tokens"] for r in result["rows"] if r["k"] != "auto")
         assert result["stale_reference_cells"] == []
+        cell = result["compiled"]  # on a CPU: the static path's shapes, uncompiled
+        assert cell["systems"]["ours-compiled"]["same_tokens_as_eager_greedy"]
+        assert cell["systems"]["ours-eager"]["same_tokens_as_eager_greedy"]
 
 
 def _bf16_oracle_run(seed: int, *, layers: int, stable: bool) -> tuple[float, bool, int]:
@@ -256,7 +259,7 @@ def test_gpu_sweep_in_bfloat16_keeps_the_oracle_reference_valid(tmp_path):
     code = _gpu_sweep_main(
         ["--device", "cpu", "--tiny", "--dtype", "bfloat16", "--targets", "1b", "--alphas", "0.9", "--ks", "4",
          "--max-new-tokens", "48", "--rounds", "1", "--warmup", "0", "--prompt-tokens", "8", "--no-hf",
-         "--out-dir", str(tmp_path)]
+         "--no-compiled", "--out-dir", str(tmp_path)]
     )
     assert code == 0
     result = json.loads((tmp_path / "bench_gpu_sweep.json").read_text())["results"]["1b"]
