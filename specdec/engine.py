@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+from collections import Counter
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -135,6 +136,7 @@ class Engine:
         self.waiting: deque[Handle] = deque()
         self.rows: dict[int, _Row] = {}  # slot -> row
         self.forwards = 0  # forward passes of the target so far
+        self.rows_per_forward: Counter[int] = Counter()  # rows in a pass -> passes so far (how much was shared)
         # Target layers whose hidden states the rows' drafters read (hooked only while rows run).
         self.hidden_layers = hidden_layers
         self._capturing = False
@@ -219,6 +221,7 @@ class Engine:
             return
         verify_s = time.perf_counter() - started
         self.forwards += 1
+        self.rows_per_forward[len(segments)] += 1
         for row, end in prefilling:
             start, row.prefilled = row.prefilled, end
             row.seq.stats.target_forwards += 1
