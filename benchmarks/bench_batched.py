@@ -336,64 +336,69 @@ def main(argv: list[str] | None = None) -> int:
         "prompt_tokens": {name: [len(p) for p in prompts] for name, prompts in sets.items()},
     }
     broken: dict[str, str] = {}
-    for set_name, prompts in sets.items() if not args.no_inprocess else ():
-        for size in [int(s) for s in args.sizes.split(",")]:
-            rows = [prompts[i % len(prompts)] for i in range(size)]
-            times: dict[str, list[float]] = {name: [] for name in systems}
-            tokens: dict[str, list[list[int]]] = {}
-            forwards: dict[str, int] = {}
-            for r in range(args.rounds):
-                order = list(systems) if r % 2 == 0 else list(reversed(systems))
-                for name in order:  # interleaved: every system once per round, the order alternating
-                    if name in broken or (name == "hf-cb" and r >= args.hf_cb_rounds):
-                        continue
-                    run = systems[name]
-                    before = gen.engine.forwards
-                    start = time.perf_counter()
-                    try:
-                        produced = run(rows)
-                    except Exception as exc:  # e.g. generate_batch on a CPU build
-                        broken[name] = f"{type(exc).__name__}: {str(exc)[:160]}"
-                        print(f"{name} does not run here: {broken[name]}", flush=True)
-                        continue
-                    times[name].append(time.perf_counter() - start)
-                    tokens[name] = produced
-                    forwards[name] = gen.engine.forwards - before
-            cell = {"set": set_name, "sequences": size, "load": load(), "systems": {}}
-            for name in systems:
-                if not times[name]:
-                    cell["systems"][name] = {"error": broken.get(name)}
+    cells = [(size, name) for size in [int(s) for s in args.sizes.split(",")] for name in sets]
+    for size, set_name in cells if not args.no_inprocess else ():  # size by size (--sizes 8,... puts 8 first)
+        prompts = sets[set_name]
+        rows = [prompts[i % len(prompts)] for i in range(size)]
+        times: dict[str, list[float]] = {name: [] for name in systems}
+        tokens: dict[str, list[list[int]]] = {}
+        forwards: dict[str, int] = {}
+        for r in range(args.rounds):
+            order = list(systems) if r % 2 == 0 else list(reversed(systems))
+            for name in order:  # interleaved: every system once per round, the order alternating
+                if name in broken or (name == "hf-cb" and r >= args.hf_cb_rounds):
                     continue
-                produced = tokens[name]
-                total = sum(len(t) for t in produced)
-                median = statistics.median(times[name])
-                same = sum(p == reference(r) for p, r in zip(produced, rows, strict=True))
-                cell["systems"][name] = {
-                    "tokens": total, "median_s": median, "tokens_per_s": total / median,
-                    "same_as_hf_alone": f"{same}/{size}", "times_s": times[name],
-                }
-                if name.startswith("ours"):
-                    cell["systems"][name]["target_forwards"] = forwards[name]
-            measured = cell["systems"]
-            hf_rates = [measured[n].get("tokens_per_s", 0.0) for n in ("hf-padded", "hf-cb") if n in measured]
-            best_hf = max(hf_rates, default=0.0)
-            ours = cell["systems"].get("ours-batch", {}).get("tokens_per_s")
-            cell["ours_batch_over_best_hf"] = ours / best_hf if ours and best_hf else None
-            results["cells"].append(cell)
-            line = "  ".join(
-                f"{n} {v['tokens_per_s']:.1f} tok/s ({v['same_as_hf_alone']} same)"
-                if "tokens_per_s" in v
-                else f"{n} n/a"
-                for n, v in cell["systems"].items()
-            )
-            ratio = cell["ours_batch_over_best_hf"]
-            tail = f"  ours-batch/best-HF {ratio:.2f}" if ratio else ""
-            print(f"[{set_name} x{size}] {line}{tail}  | {cell['load']}", flush=True)
+                run = systems[name]
+                before = gen.engine.forwards
+                start = time.perf_counter()
+                try:
+                    produced = run(rows)
+                except Exception as exc:  # e.g. generate_batch on a CPU build
+                    broken[name] = f"{type(exc).__name__}: {str(exc)[:160]}"
+                    print(f"{name} does not run here: {broken[name]}", flush=True)
+                    continue
+                times[name].append(time.perf_counter() - start)
+                tokens[name] = produced
+                forwards[name] = gen.engine.forwards - before
+        cell = {"set": set_name, "sequences": size, "load": load(), "systems": {}}
+        for name in systems:
+            if not times[name]:
+                cell["systems"][name] = {"error": broken.get(name)}
+                continue
+            produced = tokens[name]
+            total = sum(len(t) for t in produced)
+            median = statistics.median(times[name])
+            same = sum(p == reference(r) for p, r in zip(produced, rows, strict=True))
+            cell["systems"][name] = {
+                "tokens": total, "median_s": median, "tokens_per_s": total / median,
+                "same_as_hf_alone": f"{same}/{size}", "times_s": times[name],
+            }
+            if name.startswith("ours"):
+                cell["systems"][name]["target_forwards"] = forwards[name]
+        measured = cell["systems"]
+        hf_rates = [measured[n].get("tokens_per_s", 0.0) for n in ("hf-padded", "hf-cb") if n in measured]
+        best_hf = max(hf_rates, default=0.0)
+        ours = cell["systems"].get("ours-batch", {}).get("tokens_per_s")
+        cell["ours_batch_over_best_hf"] = ours / best_hf if ours and best_hf else None
+        results["cells"].append(cell)
+        line = "  ".join(
+            f"{n} {v['tokens_per_s']:.1f} tok/s ({v['same_as_hf_alone']} same)"
+            if "tokens_per_s" in v
+            else f"{n} n/a"
+            for n, v in cell["systems"].items()
+        )
+        ratio = cell["ours_batch_over_best_hf"]
+        tail = f"  ours-batch/best-HF {ratio:.2f}" if ratio else ""
+        print(f"[{set_name} x{size}] {line}{tail}  | {cell['load']}", flush=True)
+        if not args.quick:  # after every cell: a partial file survives an interrupted run
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps(results, indent=2))
     results["broken"] = broken
     if not args.no_server:
         every = [chat_ids(tokenizer, p.text)[0].tolist() for p in PROMPTS]
         rows = [every[i % len(every)] for i in range(args.server_requests)]
         results["server"] = bench_server(args, rows, reference)
+        results["server"]["load"] = load()
         print(f"[server x{len(rows)}] batched / one-row {results['server']['batched_over_one_row']:.2f}x", flush=True)
     results["load_after"] = load()
     print(machine(), "|", results["load_after"], flush=True)
