@@ -207,7 +207,7 @@ def server_round(url: str, rows: list[list[int]], new: int) -> dict:
             "commit_gap_s": gaps, "itl_s": per_token, "produced": produced}
 
 
-def bench_server(args, rows: list[list[int]], reference) -> dict:
+def bench_server(args, rows: list[list[int]], reference, partial=None) -> dict:
     """The batched server (its default rows) and the one-at-a-time server, alternating, 8 requests at once."""
     configs = {"serve-batched": None, "serve-one-row": 1}
     servers: dict[str, ServeProcess] = {}
@@ -226,11 +226,19 @@ def bench_server(args, rows: list[list[int]], reference) -> dict:
                 rounds[name].append(result)
                 print(f"[server x{len(rows)} round {r}] {name} {result['tokens_per_s']:.1f} tok/s "
                       f"({result['same_as_hf_alone']} same)  {load()}", flush=True)
+                if partial is not None:  # a partial file survives an interrupted run
+                    partial(rounds)
     finally:
         for server in servers.values():
             server.close()
-    out: dict = {"requests": len(rows), "systems": {}}
+    return summarize(rounds, configs, len(rows))
+
+
+def summarize(rounds: dict[str, list[dict]], configs: dict, requests: int) -> dict:
+    out: dict = {"requests": requests, "systems": {}}
     for name, results in rounds.items():
+        if not results:
+            continue
         pooled = {key: [v for res in results for v in res[key]] for key in ("ttft_s", "commit_gap_s", "itl_s")}
         out["systems"][name] = {
             "max_batch_rows": configs[name] or "default",
@@ -239,8 +247,9 @@ def bench_server(args, rows: list[list[int]], reference) -> dict:
             "same_as_hf_alone": [res["same_as_hf_alone"] for res in results],
             **{f"{key}_p{q}": percentile(values, q) for key, values in pooled.items() for q in (50, 99)},
         }
-    batched, one = out["systems"]["serve-batched"], out["systems"]["serve-one-row"]
-    out["batched_over_one_row"] = batched["tokens_per_s"] / one["tokens_per_s"]
+    if len(out["systems"]) == 2:
+        batched, one = out["systems"]["serve-batched"], out["systems"]["serve-one-row"]
+        out["batched_over_one_row"] = batched["tokens_per_s"] / one["tokens_per_s"]
     return out
 
 
@@ -255,9 +264,9 @@ def markdown(results: dict) -> str:
              f"{results['rounds']} interleaved rounds (medians), drafter: n-gram prompt lookup (default settings)",
              "", "## In one process: total tokens/s", "",
              "| prompts | sequences | (a) HF generate, padded | (b) HF generate_batch | (c) ours batched "
-             "| (d) ours one at a time | (c) / best of (a),(b) | same tokens as HF alone (a/b/c/d) |",
-             "|---|---|---|---|---|---|---|---|"]
-    for cell in results["cells"]:
+             "| (d) ours one at a time | (c) / best of (a),(b) | same tokens as HF alone (a/b/c/d) | load after |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for cell in sorted(results["cells"], key=lambda c: (c["set"] != "grounded", c["sequences"])):
         sy = cell["systems"]
 
         def rate(name, sy=sy):
@@ -268,11 +277,13 @@ def markdown(results: dict) -> str:
                                                                                "ours-solo"))
         ratio = cell.get("ours_batch_over_best_hf")
         lines.append(f"| {cell['set']} | {cell['sequences']} | {rate('hf-padded')} | {rate('hf-cb')} | "
-                     f"{rate('ours-batch')} | {rate('ours-solo')} | {f'{ratio:.2f}x' if ratio else 'n/a'} | {same} |")
+                     f"{rate('ours-batch')} | {rate('ours-solo')} | {f'{ratio:.2f}x' if ratio else 'n/a'} | {same} | "
+                     f"{cell.get('load', '?').split(' on ')[0].removeprefix('load average ')} |")
     server = results.get("server")
     if server:
         lines += ["", f"## Through `specdec serve` (MQTT, a real mosquitto): {server['requests']} concurrent requests",
-                  "", "| server | tokens/s | TTFT p50 / p99 (s) | inter-token p50 / p99 (ms) "
+                  "", f"Load: {server.get('load', '?')}.", "",
+                  "| server | tokens/s | TTFT p50 / p99 (s) | inter-token p50 / p99 (ms) "
                   "| gap between commits p50 / p99 (ms) | same tokens as HF alone |", "|---|---|---|---|---|---|"]
         for name, v in server["systems"].items():
             lines.append(
@@ -304,7 +315,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", default=str(ROOT / "docs" / "bench_batched.json"))
     parser.add_argument("--md", default=str(ROOT / "docs" / "bench_batched.md"))
+    parser.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                        help="no measuring: merge these result files (e.g. an in-process and a --no-inprocess run) "
+                             "into --out and --md")
     args = parser.parse_args(argv)
+    if args.merge:
+        merged: dict = {}
+        for path in args.merge:
+            part = json.loads(Path(path).read_text())
+            cells = merged.get("cells", []) + part.get("cells", [])
+            broken = {**merged.get("broken", {}), **part.get("broken", {})}
+            merged = {**merged, **{k: v for k, v in part.items() if v or k not in merged}, "cells": cells,
+                      "broken": broken}
+        Path(args.out).write_text(json.dumps(merged, indent=2))
+        Path(args.md).write_text(markdown(merged))
+        return 0
     if args.quick:
         args.sizes, args.max_new_tokens, args.rounds, args.server_rounds = "1,4", 24, 1, 1
     torch.set_num_threads(args.threads)
@@ -397,7 +422,14 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_server:
         every = [chat_ids(tokenizer, p.text)[0].tolist() for p in PROMPTS]
         rows = [every[i % len(every)] for i in range(args.server_requests)]
-        results["server"] = bench_server(args, rows, reference)
+
+        def partial(rounds: dict) -> None:
+            if not args.quick:
+                part = {**results, "server": summarize(rounds, {"serve-batched": None, "serve-one-row": 1}, len(rows))}
+                part["server"]["load"] = load()
+                Path(args.out).write_text(json.dumps(part, indent=2))
+
+        results["server"] = bench_server(args, rows, reference, partial)
         results["server"]["load"] = load()
         print(f"[server x{len(rows)}] batched / one-row {results['server']['batched_over_one_row']:.2f}x", flush=True)
     results["load_after"] = load()

@@ -31,9 +31,8 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections import Counter
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, cast

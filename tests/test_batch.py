@@ -404,7 +404,8 @@ def test_the_step_budget_caps_each_rows_draft_and_keeps_every_row_exact(tiny_lm)
     for r, prompt in enumerate(prompts):
         assert row_tokens(out, r, width) == solo(target, prompt)
         assert out.row_stats[r].drafted <= out.row_stats[r].steps  # never more than one draft per step
-    alone = SpeculativeGenerator(target, ModelDrafter(target), max_step_tokens=8).generate(prompts[0], max_new_tokens=NEW)
+    alone = SpeculativeGenerator(target, ModelDrafter(target), max_step_tokens=8)
+    alone = alone.generate(prompts[0], max_new_tokens=NEW)
     assert alone.stats.drafted > alone.stats.steps  # one row alone may draft up to 7 per step
     with pytest.raises(InvalidArgumentError, match="max_step_tokens"):
         SpeculativeGenerator(target, NGramDrafter(), max_step_tokens=0)
