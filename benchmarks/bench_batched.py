@@ -241,7 +241,7 @@ def summarize(rounds: dict[str, list[dict]], configs: dict, requests: int) -> di
             continue
         pooled = {key: [v for res in results for v in res[key]] for key in ("ttft_s", "commit_gap_s", "itl_s")}
         out["systems"][name] = {
-            "max_batch_rows": configs[name] or "default",
+            "max_batch_rows": configs[name] or "default (16)",
             "tokens_per_s": statistics.median(res["tokens_per_s"] for res in results),
             "tokens_per_s_rounds": [res["tokens_per_s"] for res in results],
             "same_as_hf_alone": [res["same_as_hf_alone"] for res in results],
@@ -273,10 +273,11 @@ def markdown(results: dict) -> str:
             v = sy.get(name, {})
             return f"{v['tokens_per_s']:.1f}" if "tokens_per_s" in v else "n/a"
 
-        same = "/".join(sy.get(n, {}).get("same_as_hf_alone", "-") for n in ("hf-padded", "hf-cb", "ours-batch",
+        same = " · ".join(sy.get(n, {}).get("same_as_hf_alone", "-") for n in ("hf-padded", "hf-cb", "ours-batch",
                                                                                "ours-solo"))
         ratio = cell.get("ours_batch_over_best_hf")
-        lines.append(f"| {cell['set']} | {cell['sequences']} | {rate('hf-padded')} | {rate('hf-cb')} | "
+        note = f" ({cell['note']})" if cell.get("note") else ""
+        lines.append(f"| {cell['set']}{note} | {cell['sequences']} | {rate('hf-padded')} | {rate('hf-cb')} | "
                      f"{rate('ours-batch')} | {rate('ours-solo')} | {f'{ratio:.2f}x' if ratio else 'n/a'} | {same} | "
                      f"{cell.get('load', '?').split(' on ')[0].removeprefix('load average ')} |")
     server = results.get("server")
