@@ -28,6 +28,8 @@ __all__ = ["main", "make_drafter", "build_parser"]
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 EXIT_INTERRUPTED = 130
+#: ``specdec serve``'s default for the requests that share one forward pass (docs/bench_batched.md measures it).
+SERVE_BATCH_ROWS = 16
 SAMPLING_RULE = (
     "Greedy by default. Any of --temperature, --top-p, --top-k or --seed turns sampling on "
     "(temperature 1.0 unless given); for open prompts SmolLM2's card suggests --temperature 0.2 --top-p 0.9."
@@ -199,6 +201,11 @@ def build_parser(*, with_bench: bool = True, raising: bool = False) -> argparse.
     serve.add_argument("--password", default=None)
     serve.add_argument("--tls-ca", default=None, help="CA certificate file for TLS")
     serve.add_argument("--max-new-tokens-cap", type=_number(int, 1), default=1024)
+    serve.add_argument(
+        "--max-batch-rows", type=_number(int, 1), default=SERVE_BATCH_ROWS,
+        help=f"requests that share one forward pass; more wait for a free row (1: one at a time; "
+        f"default {SERVE_BATCH_ROWS})",
+    )  # fmt: skip
 
     _add_train_draft_arguments(sub)
 
@@ -280,7 +287,10 @@ def _prepare(args: argparse.Namespace) -> tuple[Any, Any, Any]:
         args.draft, target=model, device=str(device), dtype=dtype,
         num_draft_tokens=args.num_draft_tokens if isinstance(args.num_draft_tokens, int) else None,
     )  # fmt: skip
-    return SpeculativeGenerator(model, drafter, compile=bool(getattr(args, "compile", False))), model, tokenizer
+    rows = getattr(args, "max_batch_rows", None)  # serve's; generate runs one sequence
+    extra: dict[str, Any] = {"max_batch_rows": rows} if rows else {}
+    compiled = bool(getattr(args, "compile", False))
+    return SpeculativeGenerator(model, drafter, compile=compiled, **extra), model, tokenizer
 
 
 # --------------------------------------------------------------------------- generate

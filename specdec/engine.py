@@ -32,7 +32,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, cast
@@ -123,18 +123,25 @@ class Engine:
         max_rows: int = 16,
         min_prefill_chunk: int = 16,
         max_prefill_chunk: int = 1024,
+        max_step_tokens: int | None = None,
         hidden_layers: tuple[int, ...] | None = None,
     ) -> None:
         if max_rows < 1 or min_prefill_chunk < 1 or max_prefill_chunk < min_prefill_chunk:
             raise InvalidArgumentError("max_rows, min_prefill_chunk >= 1 and max_prefill_chunk >= min_prefill_chunk")
+        if max_step_tokens is not None and (isinstance(max_step_tokens, bool) or not isinstance(max_step_tokens, int)
+                                            or max_step_tokens < 1):
+            raise InvalidArgumentError(f"max_step_tokens must be None or an integer >= 1, got {max_step_tokens!r}")
         self.target = target
         self.drafters = drafters
         self.max_rows = max_rows
         self.min_prefill_chunk = min_prefill_chunk
         self.max_prefill_chunk = max_prefill_chunk
+        # Verify tokens per pass, padding included (decoding rows x widest block); None: no cap.
+        self.max_step_tokens = max_step_tokens
         self.waiting: deque[Handle] = deque()
         self.rows: dict[int, _Row] = {}  # slot -> row
         self.forwards = 0  # forward passes of the target so far
+        self.rows_per_forward: Counter[int] = Counter()  # rows in a pass -> passes so far (how much was shared)
         # Target layers whose hidden states the rows' drafters read (hooked only while rows run).
         self.hidden_layers = hidden_layers
         self._capturing = False
@@ -177,12 +184,15 @@ class Engine:
         self._admit()
         planned: list[_Row] = []
         segments: list[Segment] = []
-        for row in list(self.rows.values()):
+        decoding = [row for row in self.rows.values() if row.prefilled >= row.seq.prompt_len - 1]
+        k_cap = None
+        if self.max_step_tokens is not None and decoding:
+            # The pass is a rectangle of rows x (widest block): keep it within the budget.
+            k_cap = max(0, self.max_step_tokens // len(decoding) - 1)
+        for row in decoding:
             seq = row.seq
-            if row.prefilled < seq.prompt_len - 1:
-                continue
             try:
-                row.block = seq.plan()  # choose k, propose
+                row.block = seq.plan(k_cap)  # choose k, propose
             except Exception as exc:  # the row's drafter or sink failed: that row ends, the others go on
                 self._retire(row, exc)
                 continue
@@ -219,6 +229,7 @@ class Engine:
             return
         verify_s = time.perf_counter() - started
         self.forwards += 1
+        self.rows_per_forward[len(segments)] += 1
         for row, end in prefilling:
             start, row.prefilled = row.prefilled, end
             row.seq.stats.target_forwards += 1

@@ -30,6 +30,9 @@ __all__ = ["SpeculativeGenerator", "TokenSink"]
 
 #: Default limit on the rows of one batched ``generate`` call and on the engine's concurrent rows.
 MAX_BATCH_ROWS = 64
+#: Default cap on the verify tokens of one pass, padding included (decoding rows x widest block): on a CPU
+#: a pass of 8 rows x 17 tokens costs ~3x one of 8 x 1, so many rows draft less each (8 rows: k <= 7).
+MAX_STEP_TOKENS = 64
 
 
 class TokenSink(Protocol):
@@ -71,6 +74,7 @@ class SpeculativeGenerator:
         min_prefill_chunk: int = 16,
         max_prefill_chunk: int = 1024,
         compile: bool | StaticConfig = False,
+        max_step_tokens: int | None = MAX_STEP_TOKENS,
     ) -> None:
         if isinstance(compile, bool):
             static = StaticConfig() if compile else None
@@ -134,6 +138,7 @@ class SpeculativeGenerator:
             max_rows=max_batch_rows,
             min_prefill_chunk=min_prefill_chunk,
             max_prefill_chunk=max_prefill_chunk,
+            max_step_tokens=max_step_tokens,
             hidden_layers=self.hidden_layers,
         )
 

@@ -130,8 +130,8 @@ class Sequence:
             self.finish = "cancelled"
         return self.finish == "cancelled"
 
-    def plan(self) -> DraftBlock | None:
-        """Choose k and propose; ``None`` when the sequence is finished (budget or cancel)."""
+    def plan(self, k_cap: int | None = None) -> DraftBlock | None:
+        """Choose k (at most ``k_cap``) and propose; ``None`` when the sequence is finished (budget or cancel)."""
         if self.finish is None and self.new_tokens >= self.max_new:
             self.finish = "length"
         self.cancelled()
@@ -139,6 +139,8 @@ class Sequence:
             return None
         self._plan_started = time.perf_counter()
         k = min(self.policy.choose(), self.max_new - self.new_tokens - 1)
+        if k_cap is not None:
+            k = min(k, k_cap)
         block = self.drafter.propose(k) if k > 0 else DraftBlock.empty()
         self._drafted_at = time.perf_counter()
         if len(block) > k:
