@@ -6,10 +6,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --dev
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 # One pytest worker per core (pytest-xdist), each test file on one worker so that a module's fixtures
 # (a broker, a server process, a loaded model) are built once. SPECDEC_TEST_WORKERS=0 runs in one process.
-WORKERS=${SPECDEC_TEST_WORKERS:-$(nproc 2>/dev/null || echo 2)}
+# (Counted before OMP_NUM_THREADS is set: nproc honours it.)
+WORKERS=${SPECDEC_TEST_WORKERS:-$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc 2>/dev/null || echo 2)}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 PARALLEL=()
 if [ "$WORKERS" -gt 1 ]; then
     PARALLEL=(-n "$WORKERS" --dist loadfile)
