@@ -22,11 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from . import cli_checks as checks
+from .cli_checks import DEFAULT_MODEL_NAME, draft_length, number
+from .cli_train import add_train_draft_arguments, cmd_train_draft
 from .errors import InvalidArgumentError, SpecDecError
 
 __all__ = ["main", "make_drafter", "build_parser"]
 
-DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 EXIT_INTERRUPTED = 130
 #: ``specdec serve``'s default for the requests that share one forward pass (docs/bench_batched.md measures it).
 SERVE_BATCH_ROWS = 16
@@ -93,28 +94,6 @@ class _RaisingParser(_Parser):
         raise InvalidArgumentError(message or f"the arguments were refused (status {status})")
 
 
-def _number(kind: type, low: float, high: float | None = None, *, low_open: bool = False):
-    """An argparse type: a finite ``kind`` in [low, high] (or (low, high] with ``low_open``)."""
-
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a{'n integer' if kind is int else ' number'}: {text!r}") from None
-        if value != value or value in (float("inf"), float("-inf")):
-            raise argparse.ArgumentTypeError(f"must be finite, got {text}")
-        if (value <= low if low_open else value < low) or (high is not None and value > high):
-            bound = f"{'(' if low_open else '['}{low:g}, {'inf)' if high is None else f'{high:g}]'}"
-            raise argparse.ArgumentTypeError(f"must be in {bound}, got {text}")
-        return value
-
-    return parse
-
-
-def _draft_length(text: str) -> int | str:
-    return text if text == "auto" else _number(int, 1, checks.MAX_DRAFT_TOKENS)(text)
-
-
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", default=None, help=f"HF id, folder or .gguf file (default: {DEFAULT_MODEL_NAME})")
     parser.add_argument(
@@ -127,7 +106,7 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16", "float64"),
         help="auto (default): bfloat16 on a GPU or a CPU with native bfloat16 (AVX512-BF16/AMX), else float32",
     )  # fmt: skip
-    parser.add_argument("--num-draft-tokens", type=_draft_length, default=None, help="draft tokens per step, or 'auto'")
+    parser.add_argument("--num-draft-tokens", type=draft_length, default=None, help="draft tokens per step, or 'auto'")
     parser.add_argument(
         "--compile", action="store_true",
         help="run the target on fixed shapes compiled with torch.compile (the first run compiles, minutes on a CPU; "
@@ -151,13 +130,13 @@ def build_parser(*, with_bench: bool = True, raising: bool = False) -> argparse.
     )  # fmt: skip
     gen.add_argument("prompt", help="the prompt ('-' reads it from standard input)")
     _add_model_arguments(gen)
-    gen.add_argument("--max-new-tokens", type=_number(int, 1), default=256)
-    gen.add_argument("--temperature", type=_number(float, 0, low_open=True), default=None, help="> 0; implies sampling")
-    gen.add_argument("--top-p", type=_number(float, 0, 1, low_open=True), default=None, help="(0, 1]; implies sampling")
-    gen.add_argument("--top-k", type=_number(int, 1), default=None, help=">= 1; implies sampling")
-    gen.add_argument("--seed", type=_number(int, 0, 2**63 - 1), default=None, help="implies sampling")
+    gen.add_argument("--max-new-tokens", type=number(int, 1), default=256)
+    gen.add_argument("--temperature", type=number(float, 0, low_open=True), default=None, help="> 0; implies sampling")
+    gen.add_argument("--top-p", type=number(float, 0, 1, low_open=True), default=None, help="(0, 1]; implies sampling")
+    gen.add_argument("--top-k", type=number(int, 1), default=None, help=">= 1; implies sampling")
+    gen.add_argument("--seed", type=number(int, 0, 2**63 - 1), default=None, help="implies sampling")
     gen.add_argument(
-        "--repetition-penalty", type=_number(float, 0, low_open=True), default=None,
+        "--repetition-penalty", type=number(float, 0, low_open=True), default=None,
         help="penalise tokens already in the sequence (HF's RepetitionPenaltyLogitsProcessor; e.g. 1.2)",
     )  # fmt: skip
     chat = gen.add_mutually_exclusive_group()
@@ -182,7 +161,7 @@ def build_parser(*, with_bench: bool = True, raising: bool = False) -> argparse.
     )  # fmt: skip
     _add_model_arguments(up)
     up.add_argument(
-        "--idle-minutes", type=_number(float, 0), default=15.0,
+        "--idle-minutes", type=number(float, 0), default=15.0,
         help="stop after this many minutes without a request (0: only on `specdec down`; default 15)",
     )  # fmt: skip
     up.add_argument("--foreground", action="store_true", help="run the worker in this process (what `up` starts)")
@@ -200,14 +179,14 @@ def build_parser(*, with_bench: bool = True, raising: bool = False) -> argparse.
     serve.add_argument("--username", default=None)
     serve.add_argument("--password", default=None)
     serve.add_argument("--tls-ca", default=None, help="CA certificate file for TLS")
-    serve.add_argument("--max-new-tokens-cap", type=_number(int, 1), default=1024)
+    serve.add_argument("--max-new-tokens-cap", type=number(int, 1), default=1024)
     serve.add_argument(
-        "--max-batch-rows", type=_number(int, 1), default=SERVE_BATCH_ROWS,
+        "--max-batch-rows", type=number(int, 1), default=SERVE_BATCH_ROWS,
         help=f"requests that share one forward pass; more wait for a free row (1: one at a time; "
         f"default {SERVE_BATCH_ROWS})",
     )  # fmt: skip
 
-    _add_train_draft_arguments(sub)
+    add_train_draft_arguments(sub)
 
     bench = sub.add_parser("bench", help="benchmark speculative decoding against its ceiling and its peers")
     if with_bench:  # the instrument above the packages: loaded here, lazily
@@ -215,33 +194,6 @@ def build_parser(*, with_bench: bool = True, raising: bool = False) -> argparse.
 
         add_bench_arguments(bench)
     return parser
-
-
-def _add_train_draft_arguments(sub: Any) -> None:
-    positive_int, positive_float = _number(int, 1), _number(float, 0, low_open=True)
-    train = sub.add_parser("train-draft", help="train an EAGLE-3 draft head for a target (speculators format)")
-    train.add_argument("--prompts", required=True, help="text file, one prompt per line (or .jsonl with 'prompt')")
-    train.add_argument("--out", required=True, help="folder for the head, its model card and training.json")
-    train.add_argument("--target", default=None, help=f"HF id, folder or .gguf file (default: {DEFAULT_MODEL_NAME})")
-    train.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
-    train.add_argument("--dtype", default=None, help="the target's dtype while it answers (default: the checkpoint's)")
-    train.add_argument("--work-dir", default=None, help="data and checkpoints (default: OUT/train-work); resumable")
-    train.add_argument("--layers", default=None, help="target layer ids, e.g. 2,15,27 (default: low, middle, high)")
-    train.add_argument("--draft-vocab-size", type=positive_int, default=None, help="default: min(vocab, 32768)")
-    train.add_argument("--intermediate-size", type=positive_int, default=None, help="default: the target's")
-    train.add_argument("--max-new-tokens", type=positive_int, default=64, help="length of the target's answers")
-    train.add_argument("--held-out", type=_number(int, 0), default=4, help="prompts kept for measuring acceptance")
-    train.add_argument("--epochs", type=positive_int, default=2)
-    train.add_argument("--batch-size", type=positive_int, default=4)
-    train.add_argument("--lr", type=positive_float, default=2e-3)
-    train.add_argument("--unroll", type=positive_int, default=2, help="draft steps trained per position")
-    train.add_argument("--num-draft-tokens", type=positive_int, default=4, help="k for the evaluation")
-    train.add_argument("--checkpoint-every", type=positive_int, default=50)
-    train.add_argument("--seed", type=_number(int, 0), default=0)
-    train.add_argument("--save-dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    chat = train.add_mutually_exclusive_group()
-    chat.add_argument("--chat", dest="chat", action="store_true", default=None, help="apply the chat template")
-    chat.add_argument("--no-chat", dest="chat", action="store_false", help="feed the prompts as raw text")
 
 
 def check_model_arguments(args: argparse.Namespace) -> None:
@@ -384,38 +336,6 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- bench
 
 
-def _cmd_train_draft(args: argparse.Namespace) -> int:
-    import json
-
-    from specdec.drafts.eagle.data import read_prompts
-    from specdec.drafts.eagle.train import TrainConfig, train
-
-    from .models import load_model, resolve_device
-
-    prompts = read_prompts(args.prompts)  # an empty or missing file fails before the model loads
-    try:
-        layers = tuple(int(x) for x in args.layers.split(",")) if args.layers else None
-    except ValueError:
-        raise InvalidArgumentError(f"--layers must be comma-separated integers, got {args.layers!r}") from None
-    checks.check_model_reference(args.target, "--target")
-    config = TrainConfig(
-        target_layers=layers, draft_vocab_size=args.draft_vocab_size, intermediate_size=args.intermediate_size,
-        max_new_tokens=args.max_new_tokens, held_out=args.held_out, epochs=args.epochs, batch_size=args.batch_size,
-        learning_rate=args.lr, unroll=args.unroll, seed=args.seed, checkpoint_every=args.checkpoint_every,
-        num_draft_tokens=args.num_draft_tokens, chat=args.chat, save_dtype=args.save_dtype,
-    )  # fmt: skip
-    if len(prompts) <= config.held_out:
-        raise InvalidArgumentError(
-            f"{args.prompts} has {len(prompts)} prompts; more than --held-out {config.held_out} are needed"
-        )
-    model, tokenizer = load_model(args.target, dtype=args.dtype, device=str(resolve_device(args.device)))
-    result = train(model, tokenizer, prompts, args.out, config, work_dir=args.work_dir,
-                   target_name=args.target or DEFAULT_MODEL_NAME, data_name=args.prompts)  # fmt: skip
-    print(json.dumps({"path": str(result.path), "steps": result.steps, "train_tokens": result.train_tokens,
-                      "seconds": round(result.seconds, 1), **result.acceptance}))  # fmt: skip
-    return 0
-
-
 def _cmd_up(args: argparse.Namespace) -> int:
     from .cli_resident import cmd_up, make_prepare, worker_main
 
@@ -456,7 +376,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser(with_bench=wants_bench).parse_args(argv)
         command = f"specdec {args.command}"
         commands = {
-            "generate": _cmd_generate, "serve": _cmd_serve, "bench": _cmd_bench, "train-draft": _cmd_train_draft,
+            "generate": _cmd_generate, "serve": _cmd_serve, "bench": _cmd_bench, "train-draft": cmd_train_draft,
             "up": _cmd_up, "down": _cmd_down,
         }  # fmt: skip
         return commands[args.command](args)

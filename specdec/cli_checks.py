@@ -18,21 +18,27 @@ import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from .errors import InvalidArgumentError
 
+DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+
 __all__ = [
     "BrokerAddress",
     "COMPOSITE_PREFIX",
+    "DEFAULT_MODEL_NAME",
     "DRAFTER_NAMES",
     "check_broker_url",
     "check_draft_length",
     "check_model_reference",
     "check_prompt",
     "check_sampling",
+    "draft_length",
     "hub_reachable",
     "looks_like_path",
+    "number",
     "parse_broker_url",
 ]
 
@@ -182,3 +188,29 @@ def check_broker_url(url: str, *, start_broker: bool) -> BrokerAddress:
                 "stop it, pick another port, or drop --start-broker to use it"
             )
     return address
+
+
+# --------------------------------------------------------------------------- argparse types
+
+
+def number(kind: type, low: float, high: float | None = None, *, low_open: bool = False):
+    """An argparse type: a finite ``kind`` in [low, high] (or (low, high] with ``low_open``)."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a{'n integer' if kind is int else ' number'}: {text!r}") from None
+        if value != value or value in (float("inf"), float("-inf")):
+            raise argparse.ArgumentTypeError(f"must be finite, got {text}")
+        if (value <= low if low_open else value < low) or (high is not None and value > high):
+            bound = f"{'(' if low_open else '['}{low:g}, {'inf)' if high is None else f'{high:g}]'}"
+            raise argparse.ArgumentTypeError(f"must be in {bound}, got {text}")
+        return value
+
+    return parse
+
+
+def draft_length(text: str) -> int | str:
+    """An argparse type: ``auto`` or a draft length in [1, MAX_DRAFT_TOKENS]."""
+    return text if text == "auto" else number(int, 1, MAX_DRAFT_TOKENS)(text)

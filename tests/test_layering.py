@@ -31,7 +31,7 @@ IMPORT_NAMES = {
 }
 SUBPACKAGES = ("specdec.drafts", "specdec.streaming", "specdec.bench")
 # the CLI: allowed to import all three packages, and the bench lazily
-WIRING_MODULES = {"specdec.cli", "specdec.cli_run", "specdec.cli_resident"}
+WIRING_MODULES = {"specdec.cli", "specdec.cli_run", "specdec.cli_resident", "specdec.cli_train"}
 FORBIDDEN = {
     "specdec": {"specdec.drafts", "specdec.streaming", "specdec.bench"},
     "specdec.drafts": {"specdec.streaming", "specdec.bench"},

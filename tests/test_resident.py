@@ -20,17 +20,16 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from cli_fixtures import save_tiny_model  # noqa: E402
 
 from specdec import SpeculativeGenerator  # noqa: E402
 from specdec.drafts import NGramDrafter  # noqa: E402
 from specdec.streaming.resident import ResidentClient, ResidentError, find_worker, socket_path, worker_key  # noqa: E402
 from specdec.streaming.resident.server import ResidentServer  # noqa: E402
-
-from mqtt_fixtures import tiny_tokenizer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,19 +46,7 @@ def env(run_dir) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory) -> Path:
-    """A tiny random Llama and a byte-level tokenizer saved as an HF folder; no EOS."""
-    folder = tmp_path_factory.mktemp("tiny-resident")
-    tokenizer = tiny_tokenizer()
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=8192, bos_token_id=None, eos_token_id=None, pad_token_id=None,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config).eval()
-    model.generation_config.eos_token_id = None
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-resident"))
 
 
 def _cli(env: dict[str, str], *argv: str, timeout: float = 300) -> subprocess.CompletedProcess:
