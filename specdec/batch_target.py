@@ -13,13 +13,25 @@ and its attention implementation must accept a 4-D mask (``eager`` and
 then runs a short sequence through the cache in two pieces and compares it
 with one plain forward: a model that ignores the mask or the positions is
 refused with the measured difference.
+
+Layouts
+-------
+``layout="packed"`` (:mod:`specdec.packed`) sends only the rows' real tokens
+through the model, as one sequence ``[1, T]``; ``layout="rectangle"`` pads
+every row to the widest segment ``[rows, width]``. The default, ``"auto"``,
+takes the packed layout where the model allows it (SDPA attention, and the
+probe passes on it) and the rectangle otherwise; :attr:`BatchedTarget.layout`
+says which was taken and :attr:`BatchedTarget.layout_reason` why (also logged
+at debug level). Both give the same tokens; the packed layout costs what its
+real tokens cost, which matters on a CPU where a pass is compute-bound.
 """
 
 from __future__ import annotations
 
 import inspect
+import logging
 from dataclasses import dataclass
-from typing import Any, Protocol, cast
+from typing import Any, Literal, Protocol, cast
 
 import torch
 from transformers import PreTrainedModel
@@ -27,10 +39,15 @@ from transformers import PreTrainedModel
 from .cache import CausalLMAdapter, text_config
 from .errors import UnsupportedModelError
 from .kv import READ_QUANTUM, RowKVCache, build_plan
+from .packed import PACKED_ATTENTION, SPANS_KWARG, PackedSpans, packed_refusal, use_packed
 
-__all__ = ["BatchedTarget", "Segment", "TargetRunner"]
+__all__ = ["BatchedTarget", "Layout", "Segment", "TargetRunner"]
 
-_MASKABLE_ATTENTION = ("eager", "sdpa")
+_MASKABLE_ATTENTION = ("eager", "sdpa", PACKED_ATTENTION)
+_log = logging.getLogger(__name__)
+
+#: How a pass lays out its tokens (see the module docstring).
+Layout = Literal["packed", "rectangle"]
 
 
 @dataclass(frozen=True)
@@ -66,7 +83,16 @@ class TargetRunner(Protocol):
 class BatchedTarget:
     """A causal LM whose forward passes run over ragged rows of :class:`RowKVCache`."""
 
-    def __init__(self, model: PreTrainedModel, *, max_rows: int = 1, max_len: int = 256) -> None:
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        *,
+        max_rows: int = 1,
+        max_len: int = 256,
+        layout: Literal["auto", "packed", "rectangle"] = "auto",
+    ) -> None:
+        if layout not in ("auto", "packed", "rectangle"):
+            raise ValueError(f"layout must be 'auto', 'packed' or 'rectangle', got {layout!r}")
         self.single = CausalLMAdapter(model)  # the checks, device, vocabulary and context length
         self.model = model
         self.device = self.single.device
@@ -95,7 +121,24 @@ class BatchedTarget:
             self.windows = {None: window if isinstance(window, int) and window > 0 else None}
         self.dtype = next(model.parameters()).dtype
         self.cache = RowKVCache(int(config.num_hidden_layers), max_rows, max_len)
-        self._probe()
+        self._offsets: dict[int, int] = {}  # row -> offset of its tokens in the last packed pass
+        refusal = packed_refusal(model) if layout != "rectangle" else "the rectangle layout was asked for"
+        if refusal is not None and layout == "packed":
+            raise UnsupportedModelError(f"{name} cannot take the packed layout: {refusal}")
+        self.layout: Layout = "rectangle" if refusal is not None else "packed"
+        self.layout_reason = refusal or "the model runs SDPA attention through transformers' AttentionInterface"
+        if self.layout == "packed":
+            use_packed(model, True)
+            try:
+                self._probe()
+            except UnsupportedModelError as exc:
+                if layout == "packed":
+                    raise
+                use_packed(model, False)
+                self.layout, self.layout_reason = "rectangle", f"the packed layout failed its probe: {exc}"
+        if self.layout == "rectangle":
+            self._probe()
+        _log.debug("%s: %s layout (%s)", name, self.layout, self.layout_reason)
 
     @property
     def max_rows(self) -> int:
@@ -115,6 +158,9 @@ class BatchedTarget:
 
     def hidden_states(self, row: int, length: int) -> torch.Tensor:
         """``[length, layers, hidden]``: buffer row ``row``'s first ``length`` positions in the last forward."""
+        if self.layout == "packed":
+            offset = self._offsets[row]
+            return self.single.captured(0)[offset : offset + length]
         return self.single.captured(row)[:length]
 
     def ensure(self, max_rows: int, max_len: int) -> None:
@@ -125,6 +171,8 @@ class BatchedTarget:
     @torch.inference_mode()
     def forward(self, segments: list[Segment]) -> list[torch.Tensor | None]:
         """One pass over ``segments`` (distinct rows); per segment FloatTensor [n, vocab], or None without logits."""
+        if self.layout == "packed":
+            return self._forward_packed(segments)
         rows = max(s.row for s in segments) + 1
         starts, lengths = [0] * rows, [0] * rows
         for s in segments:
@@ -146,6 +194,44 @@ class BatchedTarget:
         outputs = self.model(input_ids=input_ids, position_ids=plan.positions, attention_mask=mask, **kwargs)
         logits = outputs.logits  # [rows, width or wanted, vocab]
         return [logits[s.row, : lengths[s.row]] if s.logits else None for s in segments]
+
+    def _forward_packed(self, segments: list[Segment]) -> list[torch.Tensor | None]:
+        """The pass with only real tokens through the model: ``input_ids [1, T]``, rows one after another."""
+        rows = max(s.row for s in segments) + 1
+        starts, lengths = [0] * rows, [0] * rows
+        for s in segments:
+            starts[s.row], lengths[s.row] = s.start, int(s.token_ids.shape[0])
+        plan = self.cache.plan
+        build_plan(
+            plan, starts, lengths, max_len=self.cache.max_len, windows=set(self.windows.values()),
+            dtype=self.dtype, device=self.device, packed=True,
+        )
+        order = sorted(segments, key=lambda s: s.row)  # the packed sequence's order (build_plan's too)
+        spans, offset, kept = [], 0, []
+        for s in order:
+            n = lengths[s.row]
+            spans.append((s.row, offset, n, s.start + n))
+            self._offsets[s.row] = offset
+            if s.logits:
+                kept.append(torch.arange(offset, offset + n))
+            offset += n
+        input_ids = torch.cat([s.token_ids for s in order]).to(self.device)[None]  # [1, T]
+        positions = cast(torch.Tensor, plan.token_slots)[None]  # [1, T]
+        kwargs: dict[str, Any] = {self.cache_kwarg: self.cache, "use_cache": True, SPANS_KWARG: PackedSpans(tuple(spans))}
+        keep = torch.cat(kept).to(self.device) if kept else torch.zeros(1, dtype=torch.long, device=self.device)
+        if self.keeps_logits:
+            kwargs["logits_to_keep"] = keep
+        mask = self.attention_mask(plan.masks)
+        logits = self.model(input_ids=input_ids, position_ids=positions, attention_mask=mask, **kwargs).logits[0]
+        if not self.keeps_logits:
+            logits = logits[keep]  # [kept, vocab]
+        out: dict[int, torch.Tensor] = {}
+        at = 0
+        for s in order:
+            if s.logits:
+                out[s.row] = logits[at : at + lengths[s.row]]
+                at += lengths[s.row]
+        return [out[s.row] if s.logits else None for s in segments]
 
     def attention_mask(self, masks: dict[int | None, torch.Tensor]) -> torch.Tensor | dict[Any, torch.Tensor]:
         """The ``attention_mask`` argument for the model from a plan's masks (one per window)."""

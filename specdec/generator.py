@@ -8,7 +8,7 @@ outputs. One sequence, a padded batch and the server's requests all run there.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import torch
 from transformers import GenerationConfig, LogitsProcessorList, PreTrainedModel, StoppingCriteriaList
@@ -75,6 +75,7 @@ class SpeculativeGenerator:
         max_prefill_chunk: int = 1024,
         compile: bool | StaticConfig = False,
         max_step_tokens: int | None = MAX_STEP_TOKENS,
+        layout: Literal["auto", "packed", "rectangle"] = "auto",
     ) -> None:
         if isinstance(compile, bool):
             static = StaticConfig() if compile else None
@@ -82,7 +83,12 @@ class SpeculativeGenerator:
             static = compile
         else:
             raise InvalidArgumentError(f"compile must be True, False or a specdec.StaticConfig, got {compile!r}")
-        batched = BatchedTarget(target)
+        if layout not in ("auto", "packed", "rectangle"):
+            raise InvalidArgumentError(f"layout must be 'auto', 'packed' or 'rectangle', got {layout!r}")
+        if static is not None and layout == "packed":
+            raise InvalidArgumentError("the compiled path runs fixed rectangle shapes: use layout='auto' or 'rectangle'")
+        # The compiled path pads to fixed shapes: it runs on the rectangle layout (its eager fallback too).
+        batched = BatchedTarget(target, layout="rectangle" if static is not None else layout)
         for attr in ("propose", "update", "begin", "end"):
             if not callable(getattr(drafter, attr, None)):
                 raise InvalidArgumentError(

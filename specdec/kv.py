@@ -66,6 +66,9 @@ class SlotPlan:
     read_len: int = 0  # slots [0, read_len) are returned to attention
     positions: torch.Tensor | None = None  # LongTensor [rows, width]: logical positions (0 for padding)
     masks: dict[int | None, torch.Tensor] = field(default_factory=dict)  # window -> additive [rows, 1, width, read_len]
+    # A packed pass (:mod:`specdec.packed`): the T real tokens as one sequence; None for a rectangle pass.
+    token_rows: torch.Tensor | None = None  # LongTensor [T]: buffer row of each packed token
+    token_slots: torch.Tensor | None = None  # LongTensor [T]: its slot, which is its logical position
 
 
 class RowKVLayer(CacheLayerMixin):
@@ -88,11 +91,21 @@ class RowKVLayer(CacheLayerMixin):
         self.is_initialized = True
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        """Write ``key_states``/``value_states`` [rows, heads, width, dim] at the plan's slots; return the read view."""
+        """Write ``key_states``/``value_states`` at the plan's slots; return the read view [rows, heads, read_len, dim].
+
+        A rectangle pass brings [rows, heads, width, dim]; a packed pass [1, heads, T, dim], token ``t``
+        going to slot ``plan.token_slots[t]`` of row ``plan.token_rows[t]``.
+        """
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         plan = self.plan
         rows = plan.rows
+        if plan.token_rows is not None:
+            keys, values = cast(torch.Tensor, self.keys), cast(torch.Tensor, self.values)
+            where = (plan.token_rows, slice(None), plan.token_slots)  # selects [T, heads, dim]
+            keys[where] = key_states[0].transpose(0, 1).to(keys.dtype)
+            values[where] = value_states[0].transpose(0, 1).to(values.dtype)
+            return keys[:rows, :, : plan.read_len], values[:rows, :, : plan.read_len]
         index = cast(torch.Tensor, plan.write_index)[:, None, :, None]  # [rows, 1, width, 1]
         # set by lazy_initialization above
         keys, values = cast(torch.Tensor, self.keys)[:rows], cast(torch.Tensor, self.values)[:rows]
@@ -152,6 +165,7 @@ def build_plan(
     device: torch.device,
     width: int | None = None,
     read_len: int | None = None,
+    packed: bool = False,
 ) -> None:
     """Fill ``plan`` for a pass where row ``r`` brings ``lengths[r]`` tokens starting at position ``starts[r]``.
 
@@ -160,6 +174,8 @@ def build_plan(
     built per window. ``width`` and ``read_len`` fix the pass's columns and the
     slots it reads (the static path's padded shapes); by default the widest
     row and the end of the longest row rounded up to :data:`READ_QUANTUM`.
+    ``packed``: the pass sends the rows' real tokens as one sequence, row after
+    row (:mod:`specdec.packed`); the plan then also says where each token goes.
     """
     rows = len(starts)
     width = max(max(lengths), 1, width or 0)
@@ -177,6 +193,13 @@ def build_plan(
     plan.positions = positions
     plan.write_index = torch.where(real, positions, torch.full_like(positions, max_len))
     plan.read_len = read_len
+    plan.token_rows = plan.token_slots = None
+    if packed:
+        taking = [(r, s, n) for r, (s, n) in enumerate(zip(starts, lengths, strict=True)) if n > 0]
+        plan.token_rows = torch.tensor([r for r, _, n in taking for _ in range(n)], dtype=torch.long, device=device)
+        plan.token_slots = torch.tensor(
+            [p for _, s, n in taking for p in range(s, s + n)], dtype=torch.long, device=device
+        )
     slot = torch.arange(read_len, device=device)[None, None, :]  # [1, 1, read_len]
     query = positions[:, :, None]  # [rows, width, 1]
     minimum = torch.finfo(dtype).min

@@ -1,0 +1,121 @@
+"""The packed layout: only real tokens go through the linear layers.
+
+A rectangle pass (:mod:`specdec.kv`) runs ``rows x width`` tokens through
+every projection and MLP, so a row with 8 drafts makes every row 9 wide. A
+*packed* pass sends the tokens of all segments as one sequence::
+
+    input_ids, position_ids: [1, T]     T = the real tokens of all rows, row after row
+                                        position_ids: each token's logical position in its own row
+
+Only attention needs to know which row a token belongs to:
+
+- **cache writes**: :class:`~specdec.kv.RowKVLayer` scatters token ``t``'s keys
+  and values (``[1, kv_heads, T, dim]``) into slot ``(token_rows[t], token_slots[t])``
+  of the row buffers (:class:`~specdec.kv.SlotPlan`);
+- **attention**: :func:`packed_attention`, registered with transformers'
+  ``AttentionInterface`` under :data:`PACKED_ATTENTION`, runs SDPA once per
+  row: that row's queries (a slice ``[1, heads, n_r, dim]`` of the packed
+  queries) against that row's slots ``[0, end_r)`` with that row's part of the
+  4-D mask the model was given, and concatenates the outputs back to
+  ``[1, T, heads, dim]``. The spans (row, offset, tokens, slots) reach it as the
+  forward keyword :data:`SPANS_KWARG` (transformers forwards the model's extra
+  keywords to the attention function);
+- **logits**: only for the positions asked for (``logits_to_keep`` as an index tensor).
+
+A loop over rows was chosen over gathering the queries into a padded
+``[rows, heads, width, dim]`` rectangle: with a 512-token prefill chunk in one
+row and one-token verify blocks in seven others, the rectangle would run 8 x
+512 queries against every row's slots; the loop runs 519. Its cost is one
+SDPA call per row and layer (tens of microseconds each on a CPU).
+
+The model's attention implementation is switched to :data:`PACKED_ATTENTION`
+(``model.set_attn_implementation``). Calls that do not carry the spans keyword
+(the model's own ``generate``, the rectangle and compiled paths) go to
+transformers' ``sdpa`` function unchanged, so the switch changes no other
+output. Only models loaded with ``attn_implementation="sdpa"`` are switched;
+the others (``eager``, e.g. a model with attention logit soft-capping) keep the
+rectangle layout: :func:`packed_refusal` says why.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import AttentionInterface, PreTrainedModel
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+__all__ = ["PACKED_ATTENTION", "SPANS_KWARG", "PackedSpans", "packed_attention", "packed_refusal", "use_packed"]
+
+#: The name under which :func:`packed_attention` is registered with transformers.
+PACKED_ATTENTION = "specdec_packed"
+#: The forward keyword that carries a pass's :class:`PackedSpans` to the attention function.
+SPANS_KWARG = "specdec_spans"
+
+
+@dataclass(frozen=True)
+class PackedSpans:
+    """Where each row's tokens lie in a packed pass."""
+
+    # (buffer row, offset of its first token in the packed sequence, its tokens n, slots it reads = start + n)
+    spans: tuple[tuple[int, int, int, int], ...]
+
+
+def packed_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """Attention for a packed pass, or plain SDPA for any other call.
+
+    query: [1, heads, T, dim] (packed); key, value: [rows, kv_heads, read_len, dim] (the row buffers'
+    read view); attention_mask: additive [rows, 1, width, read_len] (row r's queries in columns 0..n_r-1).
+    Returns [1, T, heads, dim], as transformers' attention functions do.
+    """
+    packed: PackedSpans | None = kwargs.pop(SPANS_KWARG, None)
+    if packed is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    assert attention_mask is not None and query.shape[0] == 1, "a packed pass brings its 4-D mask and one sequence"
+    outputs = []
+    for row, offset, tokens, end in packed.spans:
+        out, _ = sdpa_attention_forward(
+            module,
+            query[:, :, offset : offset + tokens],  # [1, heads, n, dim]
+            key[row : row + 1, :, :end],  # [1, kv_heads, end, dim]
+            value[row : row + 1, :, :end],
+            attention_mask[row : row + 1, :, :tokens, :end],  # [1, 1, n, end]
+            **kwargs,
+        )
+        outputs.append(out)  # [1, n, heads, dim]
+    return torch.cat(outputs, dim=1), None
+
+
+_registered = False
+
+
+def _register() -> None:
+    global _registered
+    if not _registered:
+        AttentionInterface.register(PACKED_ATTENTION, packed_attention)
+        AttentionMaskInterface.register(PACKED_ATTENTION, sdpa_mask)  # the model's own masks: those of sdpa
+        _registered = True
+
+
+def packed_refusal(model: PreTrainedModel) -> str | None:
+    """Why the packed layout cannot serve ``model`` (``None``: it can)."""
+    attention = getattr(model.config, "_attn_implementation", None)
+    if attention not in ("sdpa", PACKED_ATTENTION):
+        return f"its attention implementation is {attention!r}; the packed layout runs SDPA, so it needs 'sdpa'"
+    if not callable(getattr(model, "set_attn_implementation", None)):
+        return f"{type(model).__name__} has no set_attn_implementation to register the packed attention with"
+    return None
+
+
+def use_packed(model: PreTrainedModel, on: bool) -> None:
+    """Switch ``model``'s attention to :func:`packed_attention` (``on``) or back to ``sdpa``."""
+    _register()
+    model.set_attn_implementation(PACKED_ATTENTION if on else "sdpa")
