@@ -6,8 +6,11 @@ interleaved in every round, medians over rounds:
   (a) hf-padded   HF ``generate`` on a left-padded batch, the target alone, greedy
   (b) hf-cb       HF continuous batching (``generate_batch``), where it runs on this CPU
                   (one round by default, ``--hf-cb-rounds``: it runs, but slowly, on CPU)
-  (c) ours-batch  ``SpeculativeGenerator(target, NGramDrafter()).generate(rows)``: one engine, shared passes
-  (d) ours-solo   the same generator, one sequence at a time
+  (c) ours-batch  ``SpeculativeGenerator(target, NGramDrafter()).generate(rows)``: one engine, shared passes,
+                  the packed layout (only real tokens through the model, ``specdec/packed.py``)
+  (c') ours-rect  the same on the rectangle layout (every row padded to the widest segment)
+  (c'') ours-nocap the packed layout without the per-pass verify budget (``max_step_tokens=None``)
+  (d) ours-solo   the packed generator, one sequence at a time
 
 Prompts: the input-grounded and the open prompts of the benchmark set (with
 the chat template), cycled to the number of sequences. Same-token checks:
@@ -260,26 +263,35 @@ def markdown(results: dict) -> str:
     lines = ["# Batched speculative decoding: total throughput and server latency", "",
              "Written by `benchmarks/bench_batched.py` (numbers in `docs/bench_batched.json`).", "",
              f"- {results['machine']}", f"- {results['load_before']} before, {results['load_after']} after",
-             f"- SmolLM2-135M-Instruct, float32, greedy, {results['max_new_tokens']} new tokens per sequence, "
+             f"- SmolLM2-135M-Instruct, float32, greedy, {results['max_new_tokens']} new tokens per sequence "
+             "(unless the table's first column says otherwise), "
              f"{results['rounds']} interleaved rounds (medians), drafter: n-gram prompt lookup (default settings)",
              "", "## In one process: total tokens/s", "",
-             "| prompts | sequences | (a) HF generate, padded | (b) HF generate_batch | (c) ours batched "
-             "| (d) ours one at a time | (c) / best of (a),(b) | same tokens as HF alone (a/b/c/d) | load after |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for cell in sorted(results["cells"], key=lambda c: (c["set"] != "grounded", c["sequences"])):
+             "(c) ours batched, packed layout; (c') the same on the rectangle layout; (c'') packed without the "
+             "per-pass verify budget. Tokens/s of all rows together, prefill included; passes: the target's forward "
+             "passes of one call.", "",
+             "| new tokens | prompts | sequences | (a) HF generate, padded | (b) HF generate_batch | (c) ours packed "
+             "| (c') ours rectangle | (c'') packed, no budget | (d) ours one at a time | (c) / best of (a),(b) "
+             "| (c) / (c') | passes (c) / (c') | same tokens as HF alone (a/b/c/c'/c''/d) | load after |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for cell in sorted(results["cells"], key=lambda c: (c.get("new_tokens", results["max_new_tokens"]),
+                                                        c["set"] != "grounded", c["sequences"])):
         sy = cell["systems"]
 
         def rate(name, sy=sy):
             v = sy.get(name, {})
             return f"{v['tokens_per_s']:.1f}" if "tokens_per_s" in v else "n/a"
 
-        same = " · ".join(sy.get(n, {}).get("same_as_hf_alone", "-") for n in ("hf-padded", "hf-cb", "ours-batch",
-                                                                               "ours-solo"))
-        ratio = cell.get("ours_batch_over_best_hf")
+        names = ("hf-padded", "hf-cb", "ours-batch", "ours-rect", "ours-nocap", "ours-solo")
+        same = " · ".join(sy.get(n, {}).get("same_as_hf_alone", "-") for n in names)
+        ratio, packing = cell.get("ours_batch_over_best_hf"), cell.get("packed_over_rect")
+        passes = " / ".join(str(sy.get(n, {}).get("target_forwards", "-")) for n in ("ours-batch", "ours-rect"))
         note = f" ({cell['note']})" if cell.get("note") else ""
-        lines.append(f"| {cell['set']}{note} | {cell['sequences']} | {rate('hf-padded')} | {rate('hf-cb')} | "
-                     f"{rate('ours-batch')} | {rate('ours-solo')} | {f'{ratio:.2f}x' if ratio else 'n/a'} | {same} | "
-                     f"{cell.get('load', '?').split(' on ')[0].removeprefix('load average ')} |")
+        lines.append(f"| {cell.get('new_tokens', results['max_new_tokens'])} | {cell['set']}{note} | "
+                     f"{cell['sequences']} | {rate('hf-padded')} | {rate('hf-cb')} | {rate('ours-batch')} | "
+                     f"{rate('ours-rect')} | {rate('ours-nocap')} | {rate('ours-solo')} | "
+                     f"{f'{ratio:.2f}x' if ratio else 'n/a'} | {f'{packing:.2f}x' if packing else 'n/a'} | {passes} | "
+                     f"{same} | {cell.get('load', '?').split(' on ')[0].removeprefix('load average ')} |")
     server = results.get("server")
     if server:
         lines += ["", f"## Through `specdec serve` (MQTT, a real mosquitto): {server['requests']} concurrent requests",
@@ -307,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--systems", default="hf-padded,hf-cb,ours-batch,ours-solo")
+    parser.add_argument("--systems", default="hf-padded,hf-cb,ours-batch,ours-rect,ours-nocap,ours-solo")
     parser.add_argument("--hf-cb-rounds", type=int, default=1, help="generate_batch is slow on CPU: fewer rounds")
     parser.add_argument("--server-requests", type=int, default=8)
     parser.add_argument("--server-rounds", type=int, default=2)
@@ -337,10 +349,17 @@ def main(argv: list[str] | None = None) -> int:
     print(machine(), "|", load(), flush=True)
     target, tokenizer = load_model(args.target, dtype="float32", device="cpu", quiet=True)
     gen = SpeculativeGenerator(target, NGramDrafter())
+    gen_rect = SpeculativeGenerator(target, NGramDrafter(), layout="rectangle")
+    gen_nocap = SpeculativeGenerator(target, NGramDrafter(), max_step_tokens=None)
+    engines = {"ours-batch": gen, "ours-rect": gen_rect, "ours-nocap": gen_nocap, "ours-solo": gen}
+    print(f"layouts: ours-batch {gen.target.layout} ({gen.target.layout_reason}); ours-rect {gen_rect.target.layout}",
+          flush=True)
     systems = {
         "hf-padded": lambda rows: hf_padded(target, tokenizer, rows, args.max_new_tokens),
         "hf-cb": lambda rows: hf_cb(target, rows, args.max_new_tokens),
         "ours-batch": lambda rows: ours_batch(gen, rows, args.max_new_tokens),
+        "ours-rect": lambda rows: ours_batch(gen_rect, rows, args.max_new_tokens),
+        "ours-nocap": lambda rows: ours_batch(gen_nocap, rows, args.max_new_tokens),
         "ours-solo": lambda rows: ours_solo(gen, rows, args.max_new_tokens),
     }
     systems = {k: v for k, v in systems.items() if k in args.systems.split(",")}
@@ -359,6 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {
         "machine": machine(), "environment": environment("cpu"), "load_before": load(),
         "max_new_tokens": args.max_new_tokens, "rounds": args.rounds, "threads": args.threads, "cells": [],
+        "layout": {"ours-batch": gen.target.layout, "ours-rect": gen_rect.target.layout},
         "prompt_tokens": {name: [len(p) for p in prompts] for name, prompts in sets.items()},
     }
     broken: dict[str, str] = {}
@@ -375,7 +395,8 @@ def main(argv: list[str] | None = None) -> int:
                 if name in broken or (name == "hf-cb" and r >= args.hf_cb_rounds):
                     continue
                 run = systems[name]
-                before = gen.engine.forwards
+                engine = engines[name].engine if name in engines else None
+                before = engine.forwards if engine else 0
                 start = time.perf_counter()
                 try:
                     produced = run(rows)
@@ -385,8 +406,8 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 times[name].append(time.perf_counter() - start)
                 tokens[name] = produced
-                forwards[name] = gen.engine.forwards - before
-        cell = {"set": set_name, "sequences": size, "load": load(), "systems": {}}
+                forwards[name] = engine.forwards - before if engine else 0
+        cell = {"set": set_name, "sequences": size, "new_tokens": args.max_new_tokens, "load": load(), "systems": {}}
         for name in systems:
             if not times[name]:
                 cell["systems"][name] = {"error": broken.get(name)}
@@ -406,6 +427,8 @@ def main(argv: list[str] | None = None) -> int:
         best_hf = max(hf_rates, default=0.0)
         ours = cell["systems"].get("ours-batch", {}).get("tokens_per_s")
         cell["ours_batch_over_best_hf"] = ours / best_hf if ours and best_hf else None
+        rect = cell["systems"].get("ours-rect", {}).get("tokens_per_s")
+        cell["packed_over_rect"] = ours / rect if ours and rect else None
         results["cells"].append(cell)
         line = "  ".join(
             f"{n} {v['tokens_per_s']:.1f} tok/s ({v['same_as_hf_alone']} same)"

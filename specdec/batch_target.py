@@ -39,11 +39,11 @@ from transformers import PreTrainedModel
 from .cache import CausalLMAdapter, text_config
 from .errors import UnsupportedModelError
 from .kv import READ_QUANTUM, RowKVCache, build_plan
-from .packed import PACKED_ATTENTION, SPANS_KWARG, PackedSpans, packed_refusal, use_packed
+from .packed import SPANS_KWARG, PackedSpans, enable_packed_attention, packed_refusal
 
 __all__ = ["BatchedTarget", "Layout", "Segment", "TargetRunner"]
 
-_MASKABLE_ATTENTION = ("eager", "sdpa", PACKED_ATTENTION)
+_MASKABLE_ATTENTION = ("eager", "sdpa")
 _log = logging.getLogger(__name__)
 
 #: How a pass lays out its tokens (see the module docstring).
@@ -128,13 +128,12 @@ class BatchedTarget:
         self.layout: Layout = "rectangle" if refusal is not None else "packed"
         self.layout_reason = refusal or "the model runs SDPA attention through transformers' AttentionInterface"
         if self.layout == "packed":
-            use_packed(model, True)
+            enable_packed_attention()
             try:
                 self._probe()
             except UnsupportedModelError as exc:
                 if layout == "packed":
                     raise
-                use_packed(model, False)
                 self.layout, self.layout_reason = "rectangle", f"the packed layout failed its probe: {exc}"
         if self.layout == "rectangle":
             self._probe()
@@ -217,7 +216,8 @@ class BatchedTarget:
             offset += n
         input_ids = torch.cat([s.token_ids for s in order]).to(self.device)[None]  # [1, T]
         positions = cast(torch.Tensor, plan.token_slots)[None]  # [1, T]
-        kwargs: dict[str, Any] = {self.cache_kwarg: self.cache, "use_cache": True, SPANS_KWARG: PackedSpans(tuple(spans))}
+        kwargs: dict[str, Any] = {self.cache_kwarg: self.cache, "use_cache": True}
+        kwargs[SPANS_KWARG] = PackedSpans(tuple(spans))  # for specdec.packed.packed_attention
         keep = torch.cat(kept).to(self.device) if kept else torch.zeros(1, dtype=torch.long, device=self.device)
         if self.keeps_logits:
             kwargs["logits_to_keep"] = keep

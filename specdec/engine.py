@@ -13,9 +13,23 @@ target over all busy rows::
 
 A row's cache needs no rollback call: its next segment starts at the position
 of its newest committed token, and the slots after it are overwritten.
-Prefill chunks are as wide as the widest verify block of the step (at least
-``min_prefill_chunk``), so a long prompt never makes the running rows wait a
-whole prefill; alone, a row prefills ``max_prefill_chunk`` tokens per pass.
+
+How much goes into one pass depends on the target's layout
+(:attr:`~specdec.batch_target.BatchedTarget.layout`):
+
+- **rectangle** (every row padded to the widest segment): prefill chunks are as
+  wide as the widest verify block of the step (at least ``min_prefill_chunk``),
+  so they add no padding; ``max_step_tokens`` caps decoding rows x widest block,
+  each row drafting at most ``max_step_tokens // rows - 1``.
+- **packed** (a pass costs its real tokens): ``max_step_tokens`` caps the verify
+  tokens of all rows together; the rows share it in turn (the first row of the
+  turn rotates every pass), each leaving one token for every row after it.
+  Prefill chunks share ``prefill_step_tokens`` per pass (at least
+  ``min_prefill_chunk``), rows admitted earlier first, so a newcomer's prompt
+  goes in a few wide chunks instead of many verify-block-wide ones.
+
+Either way a long prompt never makes the running rows wait a whole prefill;
+with no row decoding, every prefilling row takes ``max_prefill_chunk`` tokens per pass.
 
 :meth:`Engine.submit` returns a :class:`Handle`: it collects the row's
 verified blocks, can be cancelled (the row ends within one step) and gives
@@ -125,9 +139,12 @@ class Engine:
         max_prefill_chunk: int = 1024,
         max_step_tokens: int | None = None,
         hidden_layers: tuple[int, ...] | None = None,
+        prefill_step_tokens: int = 128,
     ) -> None:
-        if max_rows < 1 or min_prefill_chunk < 1 or max_prefill_chunk < min_prefill_chunk:
-            raise InvalidArgumentError("max_rows, min_prefill_chunk >= 1 and max_prefill_chunk >= min_prefill_chunk")
+        if max_rows < 1 or min_prefill_chunk < 1 or max_prefill_chunk < min_prefill_chunk or prefill_step_tokens < 1:
+            raise InvalidArgumentError(
+                "max_rows, min_prefill_chunk, prefill_step_tokens >= 1 and max_prefill_chunk >= min_prefill_chunk"
+            )
         if max_step_tokens is not None and (isinstance(max_step_tokens, bool) or not isinstance(max_step_tokens, int)
                                             or max_step_tokens < 1):
             raise InvalidArgumentError(f"max_step_tokens must be None or an integer >= 1, got {max_step_tokens!r}")
@@ -136,8 +153,13 @@ class Engine:
         self.max_rows = max_rows
         self.min_prefill_chunk = min_prefill_chunk
         self.max_prefill_chunk = max_prefill_chunk
-        # Verify tokens per pass, padding included (decoding rows x widest block); None: no cap.
+        # Verify tokens per pass (rectangle: padding included, decoding rows x widest block); None: no cap.
         self.max_step_tokens = max_step_tokens
+        # Packed layout: prompt tokens per pass while rows decode (at least min_prefill_chunk).
+        self.prefill_step_tokens = prefill_step_tokens
+        # A pass costs its real tokens (packed) or rows x its widest segment (rectangle); runners without the
+        # attribute (the compiled path) pad.
+        self.packed = getattr(target, "layout", "rectangle") == "packed"
         self.waiting: deque[Handle] = deque()
         self.rows: dict[int, _Row] = {}  # slot -> row
         self.forwards = 0  # forward passes of the target so far
@@ -185,12 +207,16 @@ class Engine:
         planned: list[_Row] = []
         segments: list[Segment] = []
         decoding = [row for row in self.rows.values() if row.prefilled >= row.seq.prompt_len - 1]
-        k_cap = None
-        if self.max_step_tokens is not None and decoding:
-            # The pass is a rectangle of rows x (widest block): keep it within the budget.
-            k_cap = max(0, self.max_step_tokens // len(decoding) - 1)
-        for row in decoding:
+        budget = self.max_step_tokens
+        if self.packed and decoding:
+            turn = self.forwards % len(decoding)  # who goes first (and may take most of the budget) rotates
+            decoding = decoding[turn:] + decoding[:turn]
+        for i, row in enumerate(decoding):
             seq = row.seq
+            k_cap = None
+            if budget is not None:
+                # packed: what is left, less one token for each row after this one; rectangle: an even share
+                k_cap = max(0, budget - (len(decoding) - i) if self.packed else budget // len(decoding) - 1)
             try:
                 row.block = seq.plan(k_cap)  # choose k, propose
             except Exception as exc:  # the row's drafter or sink failed: that row ends, the others go on
@@ -202,18 +228,12 @@ class Engine:
             ids = seq.block_ids(row.block)  # [k + 1]: newest committed token and the drafts
             segments.append(Segment(row.slot, seq.length - 1, ids))
             planned.append(row)
-        widest = max((int(s.token_ids.shape[0]) for s in segments), default=0)
-        chunk = max(widest, self.min_prefill_chunk) if segments else self.max_prefill_chunk
+            if budget is not None and self.packed:
+                budget -= int(ids.shape[0])
         prefilling = []
-        for row in list(self.rows.values()):
-            goal = row.seq.prompt_len - 1
-            if row.prefilled < goal:
-                if row.seq.cancelled():
-                    self._retire(row)
-                    continue
-                end = min(goal, row.prefilled + chunk)
-                segments.append(Segment(row.slot, row.prefilled, row.seq.prompt[row.prefilled : end], logits=False))
-                prefilling.append((row, end))
+        for row, end in self._prefill_chunks(segments):
+            segments.append(Segment(row.slot, row.prefilled, row.seq.prompt[row.prefilled : end], logits=False))
+            prefilling.append((row, end))
         if not segments:
             return
         reads_hidden = self.hidden_layers is not None
@@ -249,6 +269,32 @@ class Engine:
                 continue
             if row.seq.finish is not None:
                 self._retire(row)
+
+    def _prefill_chunks(self, verify: list[Segment]) -> list[tuple[_Row, int]]:
+        """(row, end of its chunk) for the rows still prefilling, given this pass's verify segments."""
+        if not verify:
+            chunk, shared = self.max_prefill_chunk, None  # nobody waits: every row takes a full chunk
+        elif self.packed:
+            chunk, shared = self.max_prefill_chunk, max(self.min_prefill_chunk, self.prefill_step_tokens)
+        else:
+            widest = max(int(s.token_ids.shape[0]) for s in verify)
+            chunk, shared = max(widest, self.min_prefill_chunk), None  # as wide as the rectangle already is
+        chunks = []
+        for row in list(self.rows.values()):  # admission order
+            goal = row.seq.prompt_len - 1
+            if row.prefilled >= goal:
+                continue
+            if row.seq.cancelled():
+                self._retire(row)
+                continue
+            if shared is not None and shared <= 0:
+                continue
+            take = min(chunk, shared) if shared is not None else chunk
+            end = min(goal, row.prefilled + take)
+            if shared is not None:
+                shared -= end - row.prefilled
+            chunks.append((row, end))
+        return chunks
 
     def _admit(self) -> None:
         while self.waiting and len(self.rows) < self.max_rows:

@@ -86,7 +86,9 @@ class SpeculativeGenerator:
         if layout not in ("auto", "packed", "rectangle"):
             raise InvalidArgumentError(f"layout must be 'auto', 'packed' or 'rectangle', got {layout!r}")
         if static is not None and layout == "packed":
-            raise InvalidArgumentError("the compiled path runs fixed rectangle shapes: use layout='auto' or 'rectangle'")
+            raise InvalidArgumentError(
+                "the compiled path runs fixed rectangle shapes: use layout='auto' or 'rectangle'"
+            )
         # The compiled path pads to fixed shapes: it runs on the rectangle layout (its eager fallback too).
         batched = BatchedTarget(target, layout="rectangle" if static is not None else layout)
         for attr in ("propose", "update", "begin", "end"):

@@ -28,28 +28,33 @@ row and one-token verify blocks in seven others, the rectangle would run 8 x
 512 queries against every row's slots; the loop runs 519. Its cost is one
 SDPA call per row and layer (tens of microseconds each on a CPU).
 
-The model's attention implementation is switched to :data:`PACKED_ATTENTION`
-(``model.set_attn_implementation``). Calls that do not carry the spans keyword
-(the model's own ``generate``, the rectangle and compiled paths) go to
-transformers' ``sdpa`` function unchanged, so the switch changes no other
-output. Only models loaded with ``attn_implementation="sdpa"`` are switched;
-the others (``eager``, e.g. a model with attention logit soft-capping) keep the
-rectangle layout: :func:`packed_refusal` says why.
+How the function gets in: transformers' models look their attention function
+up by name at every call (``ALL_ATTENTION_FUNCTIONS.get_interface(config._attn_implementation)``).
+:func:`enable_packed_attention` registers :func:`packed_attention` under the
+name ``"sdpa"``, wrapping the function that was registered there: a call that
+carries no spans keyword (the model's own ``generate``, ``generate_batch``, the
+rectangle and compiled paths, any other model in the process) goes to that
+function unchanged, so no output of any model changes and no model's
+configuration is touched. (Switching the model to a new attention name instead
+would change its ``config._attn_implementation``, which transformers checks by
+name elsewhere: ``generate_batch`` refuses any name but ``sdpa`` and
+``paged|eager``.) Only models whose attention implementation is ``"sdpa"`` take
+the packed layout; the others (``eager``, e.g. a model with attention logit
+soft-capping) keep the rectangle layout: :func:`packed_refusal` says why.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from transformers import AttentionInterface, PreTrainedModel
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-__all__ = ["PACKED_ATTENTION", "SPANS_KWARG", "PackedSpans", "packed_attention", "packed_refusal", "use_packed"]
+__all__ = ["SPANS_KWARG", "PackedSpans", "enable_packed_attention", "packed_attention", "packed_refusal"]
 
-#: The name under which :func:`packed_attention` is registered with transformers.
-PACKED_ATTENTION = "specdec_packed"
 #: The forward keyword that carries a pass's :class:`PackedSpans` to the attention function.
 SPANS_KWARG = "specdec_spans"
 
@@ -70,7 +75,7 @@ def packed_attention(
     attention_mask: torch.Tensor | None,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
-    """Attention for a packed pass, or plain SDPA for any other call.
+    """Attention for a packed pass, or the wrapped ``sdpa`` function for any other call.
 
     query: [1, heads, T, dim] (packed); key, value: [rows, kv_heads, read_len, dim] (the row buffers'
     read view); attention_mask: additive [rows, 1, width, read_len] (row r's queries in columns 0..n_r-1).
@@ -78,11 +83,11 @@ def packed_attention(
     """
     packed: PackedSpans | None = kwargs.pop(SPANS_KWARG, None)
     if packed is None:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+        return _wrapped(module, query, key, value, attention_mask, **kwargs)
     assert attention_mask is not None and query.shape[0] == 1, "a packed pass brings its 4-D mask and one sequence"
     outputs = []
     for row, offset, tokens, end in packed.spans:
-        out, _ = sdpa_attention_forward(
+        out, _ = _wrapped(
             module,
             query[:, :, offset : offset + tokens],  # [1, heads, n, dim]
             key[row : row + 1, :, :end],  # [1, kv_heads, end, dim]
@@ -94,28 +99,22 @@ def packed_attention(
     return torch.cat(outputs, dim=1), None
 
 
-_registered = False
+#: The function registered as ``"sdpa"`` before :func:`enable_packed_attention` (transformers' own).
+_wrapped: Callable[..., tuple[torch.Tensor, torch.Tensor | None]] = sdpa_attention_forward
 
 
-def _register() -> None:
-    global _registered
-    if not _registered:
-        AttentionInterface.register(PACKED_ATTENTION, packed_attention)
-        AttentionMaskInterface.register(PACKED_ATTENTION, sdpa_mask)  # the model's own masks: those of sdpa
-        _registered = True
+def enable_packed_attention() -> None:
+    """Register :func:`packed_attention` as transformers' ``"sdpa"`` attention, wrapping the one there (once)."""
+    global _wrapped
+    current = ALL_ATTENTION_FUNCTIONS.get("sdpa")
+    if current is not packed_attention:
+        _wrapped = current or sdpa_attention_forward
+        AttentionInterface.register("sdpa", packed_attention)
 
 
 def packed_refusal(model: PreTrainedModel) -> str | None:
     """Why the packed layout cannot serve ``model`` (``None``: it can)."""
     attention = getattr(model.config, "_attn_implementation", None)
-    if attention not in ("sdpa", PACKED_ATTENTION):
+    if attention != "sdpa":
         return f"its attention implementation is {attention!r}; the packed layout runs SDPA, so it needs 'sdpa'"
-    if not callable(getattr(model, "set_attn_implementation", None)):
-        return f"{type(model).__name__} has no set_attn_implementation to register the packed attention with"
     return None
-
-
-def use_packed(model: PreTrainedModel, on: bool) -> None:
-    """Switch ``model``'s attention to :func:`packed_attention` (``on``) or back to ``sdpa``."""
-    _register()
-    model.set_attn_implementation(PACKED_ATTENTION if on else "sdpa")

@@ -32,6 +32,7 @@ from conftest import ARCHS, VOCAB
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 NEW = 24
+LAYOUTS = ("packed", "rectangle")  # specdec.batch_target: real tokens only, or every row padded to the widest
 LENGTHS = (3, 9, 1, 13)  # prompt lengths of the rows: short, long, one token
 
 
@@ -70,16 +71,20 @@ def make_drafter(kind, target, tiny_lm, arch):
 
 
 CASES = [(arch, "ngram") for arch in ARCHS] + [(arch, "self") for arch in ("llama", "gpt2", "opt", "mistral_sw")]
-CASES += [("llama", "random"), ("gemma2", "ngram")]
+CASES += [("llama", "random")]
+# gemma2 soft-caps its attention logits: eager attention, so the rectangle layout only (test_packed checks the choice)
+LAYOUT_CASES = [(arch, kind, layout) for arch, kind in CASES for layout in LAYOUTS]
+LAYOUT_CASES += [("gemma2", "ngram", "rectangle")]
 
 
-@pytest.mark.parametrize("arch,kind", CASES)
-def test_batched_greedy_equals_each_row_alone(arch, kind, tiny_lm):
+@pytest.mark.parametrize("arch,kind,layout", LAYOUT_CASES)
+def test_batched_greedy_equals_each_row_alone(arch, kind, layout, tiny_lm):
     target = tiny_lm(arch, sliding_window=4) if arch == "gemma2" else tiny_lm(arch)
     prompts = prompts_for()
     ids, mask = left_padded(prompts)
     blocks = []
-    gen = SpeculativeGenerator(target, make_drafter(kind, target, tiny_lm, arch))
+    gen = SpeculativeGenerator(target, make_drafter(kind, target, tiny_lm, arch), layout=layout)
+    assert gen.target.layout == layout
     out = gen.generate(ids, attention_mask=mask, max_new_tokens=NEW, num_draft_tokens=3, on_tokens=_BlockSink(blocks))
     width = ids.shape[1]
     assert out.sequences.shape[0] == len(prompts)
@@ -102,7 +107,8 @@ class _BlockSink:
         self.blocks.append(block)
 
 
-def test_right_padding_and_ragged_lists(tiny_lm):
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_right_padding_and_ragged_lists(layout, tiny_lm):
     target = tiny_lm("llama")
     prompts = prompts_for()
     width = max(p.shape[0] for p in prompts)
@@ -111,7 +117,7 @@ def test_right_padding_and_ragged_lists(tiny_lm):
     for r, p in enumerate(prompts):
         ids[r, : p.shape[0]] = p
         mask[r, : p.shape[0]] = 1
-    gen = SpeculativeGenerator(target, NGramDrafter())
+    gen = SpeculativeGenerator(target, NGramDrafter(), layout=layout)
     right = gen.generate(ids, attention_mask=mask, max_new_tokens=NEW)
     ragged = gen.generate([p.tolist() for p in prompts], max_new_tokens=NEW)
     for r, prompt in enumerate(prompts):
@@ -128,11 +134,12 @@ def _eos_in(reference, prompt_len, start=6):
     raise AssertionError("no EOS candidate")
 
 
-def test_rows_finish_at_different_times(tiny_lm):
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_rows_finish_at_different_times(layout, tiny_lm):
     """EOS in one row, the budget in another, cancel in a third; the rest go on and stay exact."""
     target = tiny_lm("llama")
     prompts = prompts_for()
-    gen = SpeculativeGenerator(target, ModelDrafter(target))
+    gen = SpeculativeGenerator(target, ModelDrafter(target), layout=layout)
     eos = _eos_in(solo(target, prompts[0]), prompts[0].shape[0])
     budgets = [NEW, 5, NEW, 17]
     handles = [
@@ -156,9 +163,12 @@ def test_rows_finish_at_different_times(tiny_lm):
     assert not gen.engine.busy
 
 
-def test_rows_admitted_mid_run_with_chunked_prefill(tiny_lm):
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_rows_admitted_mid_run_with_chunked_prefill(layout, tiny_lm):
     target = tiny_lm("qwen3")
-    gen = SpeculativeGenerator(target, NGramDrafter(num_draft_tokens=4), min_prefill_chunk=4, max_prefill_chunk=8)
+    gen = SpeculativeGenerator(
+        target, NGramDrafter(num_draft_tokens=4), min_prefill_chunk=4, max_prefill_chunk=8, layout=layout
+    )
     early = prompts_for((5, 2), seed=30)
     late = prompts_for((40, 3, 11), seed=40)  # a long prompt arrives while others decode
     handles = [gen.submit(p, max_new_tokens=NEW) for p in early]
@@ -179,11 +189,13 @@ def test_rows_admitted_mid_run_with_chunked_prefill(tiny_lm):
     assert gen.engine.forwards < sum(h.result().stats.target_forwards for h in handles)
 
 
-def test_float64_batch(tiny_lm):
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_float64_batch(layout, tiny_lm):
     target = tiny_lm("llama", seed=11, dtype=torch.float64)
     prompts = prompts_for()
     ids, mask = left_padded(prompts)
-    out = SpeculativeGenerator(target, ModelDrafter(target)).generate(ids, attention_mask=mask, max_new_tokens=NEW)
+    gen = SpeculativeGenerator(target, ModelDrafter(target), layout=layout)
+    out = gen.generate(ids, attention_mask=mask, max_new_tokens=NEW)
     for r, prompt in enumerate(prompts):
         assert row_tokens(out, r, ids.shape[1]) == solo(target, prompt)
 
@@ -372,10 +384,11 @@ def test_a_model_that_ignores_positions_is_refused_by_the_probe(tiny_lm):
         SpeculativeGenerator(_IgnoresPositions(tiny_lm("llama")), NGramDrafter())
 
 
-def test_rolling_back_one_row_never_touches_another(tiny_lm):
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_rolling_back_one_row_never_touches_another(layout, tiny_lm):
     from specdec.batch_target import BatchedTarget, Segment
 
-    target = BatchedTarget(tiny_lm("llama"), max_rows=2, max_len=64)
+    target = BatchedTarget(tiny_lm("llama"), max_rows=2, max_len=64, layout=layout)
     ids = torch.arange(3, 23)
     target.forward([Segment(0, 0, ids[:10]), Segment(1, 0, ids[:12])])
     layer = target.cache.layers[0]
@@ -395,16 +408,16 @@ def test_draft_block_sanity():
 
 
 def test_the_step_budget_caps_each_rows_draft_and_keeps_every_row_exact(tiny_lm):
-    """``max_step_tokens``: decoding rows x widest block stays within it; the output does not change."""
+    """``max_step_tokens``, rectangle: decoding rows x widest block stays within it; the output does not change."""
     target = tiny_lm("llama")
     prompts = prompts_for((5, 5, 5, 5))  # the rows decode in lockstep: 4 rows in every pass
-    gen = SpeculativeGenerator(target, ModelDrafter(target), max_step_tokens=8)  # 4 rows: k <= 8 // 4 - 1 = 1
+    gen = SpeculativeGenerator(target, ModelDrafter(target), max_step_tokens=8, layout="rectangle")  # k <= 1
     out = gen.generate([p.tolist() for p in prompts], max_new_tokens=NEW)
     width = max(p.shape[0] for p in prompts)
     for r, prompt in enumerate(prompts):
         assert row_tokens(out, r, width) == solo(target, prompt)
         assert out.row_stats[r].drafted <= out.row_stats[r].steps  # never more than one draft per step
-    alone = SpeculativeGenerator(target, ModelDrafter(target), max_step_tokens=8)
+    alone = SpeculativeGenerator(target, ModelDrafter(target), max_step_tokens=8, layout="rectangle")
     alone = alone.generate(prompts[0], max_new_tokens=NEW)
     assert alone.stats.drafted > alone.stats.steps  # one row alone may draft up to 7 per step
     with pytest.raises(InvalidArgumentError, match="max_step_tokens"):
