@@ -122,6 +122,9 @@ class BatchedTarget:
         self.dtype = next(model.parameters()).dtype
         self.cache = RowKVCache(int(config.num_hidden_layers), max_rows, max_len)
         self._offsets: dict[int, int] = {}  # row -> offset of its tokens in the last packed pass
+        # Packed attention runs one padded SDPA call when rows x width <= attention_gather x real tokens, else
+        # one call per row (None: always per row).
+        self.attention_gather: float | None = 2.0
         refusal = packed_refusal(model) if layout != "rectangle" else "the rectangle layout was asked for"
         if refusal is not None and layout == "packed":
             raise UnsupportedModelError(f"{name} cannot take the packed layout: {refusal}")
@@ -217,7 +220,7 @@ class BatchedTarget:
         input_ids = torch.cat([s.token_ids for s in order]).to(self.device)[None]  # [1, T]
         positions = cast(torch.Tensor, plan.token_slots)[None]  # [1, T]
         kwargs: dict[str, Any] = {self.cache_kwarg: self.cache, "use_cache": True}
-        kwargs[SPANS_KWARG] = PackedSpans(tuple(spans))  # for specdec.packed.packed_attention
+        kwargs[SPANS_KWARG] = self._spans(spans, rows, max(lengths))  # for specdec.packed.packed_attention
         keep = torch.cat(kept).to(self.device) if kept else torch.zeros(1, dtype=torch.long, device=self.device)
         if self.keeps_logits:
             kwargs["logits_to_keep"] = keep
@@ -232,6 +235,15 @@ class BatchedTarget:
                 out[s.row] = logits[at : at + lengths[s.row]]
                 at += lengths[s.row]
         return [out[s.row] if s.logits else None for s in segments]
+
+    def _spans(self, spans: list[tuple[int, int, int, int]], rows: int, width: int) -> PackedSpans:
+        """The spans for attention; with the index tensors that make it one padded call when padding is cheap."""
+        tokens = sum(n for _, _, n, _ in spans)
+        if self.attention_gather is None or rows * width > self.attention_gather * tokens:
+            return PackedSpans(tuple(spans))  # a loop over rows
+        token_rows = torch.tensor([r for r, _, n, _ in spans for _ in range(n)], device=self.device)
+        columns = torch.tensor([c for _, _, n, _ in spans for c in range(n)], device=self.device)
+        return PackedSpans(tuple(spans), token_rows, columns)
 
     def attention_mask(self, masks: dict[int | None, torch.Tensor]) -> torch.Tensor | dict[Any, torch.Tensor]:
         """The ``attention_mask`` argument for the model from a plan's masks (one per window)."""

@@ -65,6 +65,9 @@ class PackedSpans:
 
     # (buffer row, offset of its first token in the packed sequence, its tokens n, slots it reads = start + n)
     spans: tuple[tuple[int, int, int, int], ...]
+    # Set when attention gathers the queries into the padded rectangle (one SDPA call) instead of a loop over rows.
+    token_rows: torch.Tensor | None = None  # LongTensor [T]: row of each packed token
+    token_columns: torch.Tensor | None = None  # LongTensor [T]: its column in the rectangle (0..n_r - 1)
 
 
 def packed_attention(
@@ -85,6 +88,13 @@ def packed_attention(
     if packed is None:
         return _wrapped(module, query, key, value, attention_mask, **kwargs)
     assert attention_mask is not None and query.shape[0] == 1, "a packed pass brings its 4-D mask and one sequence"
+    if packed.token_rows is not None and packed.token_columns is not None:
+        rows, width = attention_mask.shape[0], attention_mask.shape[2]
+        where = (packed.token_rows, slice(None), packed.token_columns)
+        square = query.new_zeros(rows, query.shape[1], width, query.shape[-1])  # [rows, heads, width, dim]
+        square[where] = query[0].transpose(0, 1)  # [T, heads, dim] into their (row, column)
+        out, _ = _wrapped(module, square, key, value, attention_mask, **kwargs)  # [rows, width, heads, dim]
+        return out[packed.token_rows, packed.token_columns][None], None  # [1, T, heads, dim]
     outputs = []
     for row, offset, tokens, end in packed.spans:
         out, _ = _wrapped(

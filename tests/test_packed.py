@@ -42,10 +42,12 @@ PASSES = [
 ]
 
 
+@pytest.mark.parametrize("gather", [None, 1e9], ids=["loop over rows", "padded gather"])
 @pytest.mark.parametrize("arch", ["llama", "mistral_sw", "gpt2", "qwen3", "opt"])
-def test_each_segment_of_a_packed_pass_equals_a_plain_forward_of_its_row(arch, tiny_lm):
+def test_each_segment_of_a_packed_pass_equals_a_plain_forward_of_its_row(arch, gather, tiny_lm):
     model = tiny_lm(arch)
     packed = BatchedTarget(model, max_rows=4, max_len=64, layout="packed")
+    packed.attention_gather = gather  # attention: one SDPA call per row, or one over the padded rectangle
     rectangle = BatchedTarget(model, max_rows=4, max_len=64, layout="rectangle")
     generator = torch.Generator().manual_seed(3)
     rows: list[list[int]] = [[], [], [], []]  # what each row's cache holds, position by position
