@@ -30,9 +30,14 @@ __all__ = ["SpeculativeGenerator", "TokenSink"]
 
 #: Default limit on the rows of one batched ``generate`` call and on the engine's concurrent rows.
 MAX_BATCH_ROWS = 64
-#: Default cap on the verify tokens of one pass, padding included (decoding rows x widest block): on a CPU
-#: a pass of 8 rows x 17 tokens costs ~3x one of 8 x 1, so many rows draft less each (8 rows: k <= 7).
+#: Default cap on the verify tokens of one pass on the rectangle layout, padding included (decoding rows x
+#: widest block): on a CPU a pass of 8 rows x 17 tokens costs ~3x one of 8 x 1, so many rows draft less each
+#: (8 rows: k <= 7).
 MAX_STEP_TOKENS = 64
+#: The same on the packed layout, where a pass costs its real tokens: the rows share it. Measured
+#: (docs/bench_batched.md): at 8 rows a cap of 64 cost 22% of the throughput on input-grounded prompts, where
+#: n-gram copies run long; 256 never binds below 16 rows of 17 tokens and bounds one pass (~2 s on a 2-core CPU).
+PACKED_MAX_STEP_TOKENS = 256
 
 
 class TokenSink(Protocol):
@@ -74,7 +79,7 @@ class SpeculativeGenerator:
         min_prefill_chunk: int = 16,
         max_prefill_chunk: int = 1024,
         compile: bool | StaticConfig = False,
-        max_step_tokens: int | None = MAX_STEP_TOKENS,
+        max_step_tokens: int | None = UNSET,
         layout: Literal["auto", "packed", "rectangle"] = "auto",
     ) -> None:
         if isinstance(compile, bool):
@@ -140,6 +145,8 @@ class SpeculativeGenerator:
             device=self.target.device,
             default_k=default_k,
         )
+        if max_step_tokens is UNSET:  # the default of the layout taken
+            max_step_tokens = PACKED_MAX_STEP_TOKENS if batched.layout == "packed" else MAX_STEP_TOKENS
         self.engine = Engine(
             self.target,
             DrafterPool(drafter),

@@ -8,11 +8,15 @@ buffer holds one sequence; slot ``j`` of that row holds the keys and values
 of the token at *logical position* ``j`` of that sequence. The extra slot at
 index ``max_len`` is a scratch slot that padding queries write to.
 
-A forward pass runs a rectangle of ``rows x width`` query tokens: row ``r``
+A forward pass runs either a rectangle of ``rows x width`` query tokens, or,
+in the *packed* layout (:mod:`specdec.packed`), only the real tokens of all
+rows as one sequence ``[1, T]``; the slots, masks and positions are the same.
+In the rectangle, row ``r``
 brings ``n_r <= width`` tokens (a prefill chunk, or the newest committed
 token and its drafts) that start at its position ``start_r``; the rest of its
 columns are padding. :class:`SlotPlan` tells every layer where to write
-(``start_r + i`` for real tokens, the scratch slot for padding), and the model
+(``start_r + i`` for real tokens, the scratch slot for padding; a packed pass
+writes token ``t`` at ``(token_rows[t], token_slots[t])``), and the model
 gets, through ``position_ids`` and a 4-D additive attention mask
 ``[rows, 1, width, read_len]``, the logical positions and which slots each
 query may see: slot ``j`` is visible to the query at position ``p`` of the
