@@ -10,6 +10,8 @@ interleaved in every round, medians over rounds:
                   the packed layout (only real tokens through the model, ``specdec/packed.py``)
   (c') ours-rect  the same on the rectangle layout (every row padded to the widest segment)
   (c'') ours-nocap the packed layout without the per-pass verify budget (``max_step_tokens=None``)
+  (c-) ours-cap64 the packed layout with the rectangle's budget, ``max_step_tokens=64`` (shared by the rows)
+  (c+) ours-auto  the packed generator with ``num_draft_tokens="auto"`` (each row's k from the cost model)
   (d) ours-solo   the packed generator, one sequence at a time
 
 Prompts: the input-grounded and the open prompts of the benchmark set (with
@@ -113,8 +115,8 @@ def hf_cb(target, rows, new):
     return [list(r.generated_tokens) for r in results.values()]
 
 
-def ours_batch(gen, rows, new):
-    out = gen.generate([list(r) for r in rows], max_new_tokens=new)
+def ours_batch(gen, rows, new, **kwargs):
+    out = gen.generate([list(r) for r in rows], max_new_tokens=new, **kwargs)
     if len(rows) == 1:
         return [out.sequences[0, len(rows[0]) :].tolist()]
     width = max(len(r) for r in rows)
@@ -271,9 +273,10 @@ def markdown(results: dict) -> str:
              "per-pass verify budget. Tokens/s of all rows together, prefill included; passes: the target's forward "
              "passes of one call.", "",
              "| new tokens | prompts | sequences | (a) HF generate, padded | (b) HF generate_batch | (c) ours packed "
-             "| (c') ours rectangle | (c'') packed, no budget | (d) ours one at a time | (c) / best of (a),(b) "
-             "| (c) / (c') | passes (c) / (c') | same tokens as HF alone (a/b/c/c'/c''/d) | load after |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| (c') ours rectangle | (c'') packed, no budget | (c-) packed, budget 64 | (c+) packed, k auto "
+             "| (d) ours one at a time | (c) / best of (a),(b) | (c) / (c') | passes (c) / (c') "
+             "| same tokens as HF alone (a/b/c/c'/c''/c-/c+/d) | load after |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for cell in sorted(results["cells"], key=lambda c: (c.get("new_tokens", results["max_new_tokens"]),
                                                         c["set"] != "grounded", c["sequences"])):
         sy = cell["systems"]
@@ -282,14 +285,15 @@ def markdown(results: dict) -> str:
             v = sy.get(name, {})
             return f"{v['tokens_per_s']:.1f}" if "tokens_per_s" in v else "n/a"
 
-        names = ("hf-padded", "hf-cb", "ours-batch", "ours-rect", "ours-nocap", "ours-solo")
+        names = ("hf-padded", "hf-cb", "ours-batch", "ours-rect", "ours-nocap", "ours-cap64", "ours-auto", "ours-solo")
         same = " · ".join(sy.get(n, {}).get("same_as_hf_alone", "-") for n in names)
         ratio, packing = cell.get("ours_batch_over_best_hf"), cell.get("packed_over_rect")
         passes = " / ".join(str(sy.get(n, {}).get("target_forwards", "-")) for n in ("ours-batch", "ours-rect"))
         note = f" ({cell['note']})" if cell.get("note") else ""
         lines.append(f"| {cell.get('new_tokens', results['max_new_tokens'])} | {cell['set']}{note} | "
                      f"{cell['sequences']} | {rate('hf-padded')} | {rate('hf-cb')} | {rate('ours-batch')} | "
-                     f"{rate('ours-rect')} | {rate('ours-nocap')} | {rate('ours-solo')} | "
+                     f"{rate('ours-rect')} | {rate('ours-nocap')} | {rate('ours-cap64')} | {rate('ours-auto')} | "
+                     f"{rate('ours-solo')} | "
                      f"{f'{ratio:.2f}x' if ratio else 'n/a'} | {f'{packing:.2f}x' if packing else 'n/a'} | {passes} | "
                      f"{same} | {cell.get('load', '?').split(' on ')[0].removeprefix('load average ')} |")
     server = results.get("server")
@@ -351,7 +355,9 @@ def main(argv: list[str] | None = None) -> int:
     gen = SpeculativeGenerator(target, NGramDrafter())
     gen_rect = SpeculativeGenerator(target, NGramDrafter(), layout="rectangle")
     gen_nocap = SpeculativeGenerator(target, NGramDrafter(), max_step_tokens=None)
-    engines = {"ours-batch": gen, "ours-rect": gen_rect, "ours-nocap": gen_nocap, "ours-solo": gen}
+    gen_cap64 = SpeculativeGenerator(target, NGramDrafter(), max_step_tokens=64)
+    engines = {"ours-batch": gen, "ours-rect": gen_rect, "ours-nocap": gen_nocap, "ours-solo": gen, "ours-auto": gen,
+               "ours-cap64": gen_cap64}
     print(f"layouts: ours-batch {gen.target.layout} ({gen.target.layout_reason}); ours-rect {gen_rect.target.layout}",
           flush=True)
     systems = {
@@ -360,6 +366,8 @@ def main(argv: list[str] | None = None) -> int:
         "ours-batch": lambda rows: ours_batch(gen, rows, args.max_new_tokens),
         "ours-rect": lambda rows: ours_batch(gen_rect, rows, args.max_new_tokens),
         "ours-nocap": lambda rows: ours_batch(gen_nocap, rows, args.max_new_tokens),
+        "ours-cap64": lambda rows: ours_batch(gen_cap64, rows, args.max_new_tokens),
+        "ours-auto": lambda rows: ours_batch(gen, rows, args.max_new_tokens, num_draft_tokens="auto"),
         "ours-solo": lambda rows: ours_solo(gen, rows, args.max_new_tokens),
     }
     systems = {k: v for k, v in systems.items() if k in args.systems.split(",")}

@@ -34,9 +34,9 @@ MAX_BATCH_ROWS = 64
 #: widest block): on a CPU a pass of 8 rows x 17 tokens costs ~3x one of 8 x 1, so many rows draft less each
 #: (8 rows: k <= 7).
 MAX_STEP_TOKENS = 64
-#: The same on the packed layout, where a pass costs its real tokens: the rows share it. Measured
-#: (docs/bench_batched.md): at 8 rows a cap of 64 cost 22% of the throughput on input-grounded prompts, where
-#: n-gram copies run long; 256 never binds below 16 rows of 17 tokens and bounds one pass (~2 s on a 2-core CPU).
+#: The same on the packed layout, where a pass costs its real tokens and the rows share the budget: 256 never
+#: binds below 16 rows of 17 tokens (n-gram's k = 16) and bounds one pass (~2 s on this project's CPU). A cap
+#: of 64 is measured beside it in docs/bench_batched.md.
 PACKED_MAX_STEP_TOKENS = 256
 
 
