@@ -77,7 +77,7 @@ def packed_attention(
     value: torch.Tensor,
     attention_mask: torch.Tensor | None,
     **kwargs,
-) -> tuple[torch.Tensor, None]:
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Attention for a packed pass, or the wrapped ``sdpa`` function for any other call.
 
     query: [1, heads, T, dim] (packed); key, value: [rows, kv_heads, read_len, dim] (the row buffers'
