@@ -43,7 +43,6 @@ path ran (the tests compare it with the target's own ``generate``).
 
 from __future__ import annotations
 
-import inspect
 import os
 import statistics
 import sys
@@ -55,7 +54,6 @@ from typing import Any
 
 import torch
 
-from .attention import OPAQUE_KWARG, enable_opaque_attention
 from .batch_target import BatchedTarget, Segment
 from .errors import InvalidArgumentError
 from .kv import build_plan
@@ -159,11 +157,6 @@ class StaticTarget:
         self._graphs = self.device.type == "cuda"
         self._step: Callable[..., torch.Tensor] = self._run
         self._inductor_options: dict[str, Any] = {}
-        # SDPA models run attention as one opaque ATen call in static steps (see specdec.attention); the
-        # uncompiled static passes take it too, so the exactness tests check it.
-        self._opaque_attention = _takes_opaque_attention(target.model)
-        if self._opaque_attention:
-            enable_opaque_attention()
         self.cache_dir: Path | None = None
         if self.compiled:
             reason = _compile_unsupported()
@@ -302,8 +295,6 @@ class StaticTarget:
         """The model's forward over the cache: the function that gets compiled."""
         target = self.target
         kwargs: dict[str, Any] = {target.cache_kwarg: target.cache, "use_cache": True}
-        if self._opaque_attention:
-            kwargs[OPAQUE_KWARG] = True
         if target.keeps_logits:
             kwargs["logits_to_keep"] = keep
         return target.model(input_ids=input_ids, position_ids=positions, attention_mask=mask, **kwargs).logits
@@ -380,14 +371,6 @@ class StaticTarget:
         if key not in self._said:
             self._said.add(key)
             self.log(line)
-
-
-def _takes_opaque_attention(model: Any) -> bool:
-    """Whether ``model`` runs transformers' ``"sdpa"`` attention and forwards extra keywords to it."""
-    if getattr(model.config, "_attn_implementation", None) != "sdpa":
-        return False
-    params = inspect.signature(model.forward).parameters.values()
-    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
 
 def _compile_unsupported() -> str | None:
