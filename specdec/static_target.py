@@ -6,10 +6,10 @@ shapes (:class:`StepShape`):
 
 - rows: the next power of two (a padding row brings no tokens and writes only
   the scratch slot);
-- columns: the next of ``widths`` (default 1, 2, 4, 8, 16: one-token and
-  verify passes, and the prefill chunks fused with them; a longer prefill
-  alone runs in one eager pass, where a wide product is compute-bound and
-  MKL does well);
+- columns: the next of ``widths`` (default 1, 3, 5, 9, 16: the one-token
+  step and verify passes of k = 2, 4, 8 and up to 15 drafts, and the prefill
+  chunks fused with them; a longer prefill alone runs in one eager pass,
+  where a wide product is compute-bound and MKL does well);
 - slots read: the cache's whole capacity (fixed per process unless a longer
   request grows it), so the slots read never add a shape;
 - logits kept: every column when a segment wants logits, else one.
@@ -24,11 +24,15 @@ per shape. Rollback stays a pointer move: the engine starts a row's next
 segment where its accepted tokens end, and the slots after it are
 overwritten; the one host sync per step is reading the logits back to verify.
 
-Kernels. CPU: inductor with ``freezing`` (weights become constants) and
-``max_autotune`` without CUDA graphs: for the few-row products of one-token
-and verify passes it picks its C++ micro-GEMM template where that beats MKL
-(``benchmarks/bench_compiled.py`` measures both). CUDA: the same with CUDA
-graphs and without GEMM autotuning (minutes per shape on a large model).
+Kernels. CPU: inductor with ``freezing``: the weights become constants, so
+every product runs on MKL's prepacked weights (``mkl._mkl_linear``, packed
+once per shape at compile time), and products that share their input (q, k,
+v; gate and up) are concatenated into one (``cpp.enable_concat_linear``):
+fewer, wider products read the weights closer to the memory bandwidth.
+``max_autotune`` (without CUDA graphs) lets inductor try its C++ micro-GEMM
+template against MKL for each product. The price of freezing is memory: each
+compiled shape holds its own packed copy of the weights. CUDA: the same with
+CUDA graphs and without GEMM autotuning (minutes per shape on a large model).
 
 Fallbacks, each said once on stderr: a pass wider than the widest static
 width runs eagerly on the same cache; passes that capture hidden states (an
@@ -56,7 +60,7 @@ from .kv import build_plan
 
 __all__ = ["VERIFY_WIDTH_LIMIT", "StaticConfig", "StaticTarget", "StepShape", "default_cache_dir"]
 
-DEFAULT_WIDTHS = (1, 2, 4, 8, 16)
+DEFAULT_WIDTHS = (1, 3, 5, 9, 16)
 #: Widths up to this are timed as verify passes (every column's logits); wider ones as prefill chunks.
 VERIFY_WIDTH_LIMIT = 16
 
@@ -152,6 +156,7 @@ class StaticTarget:
         self._capturing = False
         self._graphs = self.device.type == "cuda"
         self._step: Callable[..., torch.Tensor] = self._run
+        self._inductor_options: dict[str, Any] = {}
         self.cache_dir: Path | None = None
         if self.compiled:
             reason = _compile_unsupported()
@@ -309,20 +314,31 @@ class StaticTarget:
         # One graph per shape: room for every width x row count without dynamo giving up on recompiling.
         dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 64)
         options: dict[str, Any] = {"freezing": True}
+        if self.device.type == "cpu":
+            options["cpp.enable_concat_linear"] = True
         if self._graphs:
             options["triton.cudagraphs"] = True
         elif self.config.autotune:
             options["max_autotune"] = True
+        # `torch.compile(options=...)` does not reach the freezing switch (compile_fx reads
+        # `config.freezing` outside the options' scope): without this patch the weights stay graph
+        # inputs and no product gets MKL's prepacked weights. Compiles happen at a shape's first call.
+        self._inductor_options = options
         return torch.compile(self._run, dynamic=False, options=options)
 
     def _call(self, shape: StepShape, inputs: _StepInputs) -> torch.Tensor:
         mask = self.target.attention_mask(inputs.masks)
-        if shape in self._started or not self.compiled:
-            step = self._step if self.compiled else self._run
-            return step(inputs.input_ids, inputs.positions, mask, shape.keep)
+        if not self.compiled:
+            return self._run(inputs.input_ids, inputs.positions, mask, shape.keep)
+        from torch._inductor import config as inductor_config
+
+        if shape in self._started:
+            with inductor_config.patch(self._inductor_options):  # a recompile (a guard failed) freezes too
+                return self._step(inputs.input_ids, inputs.positions, mask, shape.keep)
         started = time.perf_counter()
         try:
-            logits = self._step(inputs.input_ids, inputs.positions, mask, shape.keep)
+            with inductor_config.patch(self._inductor_options):
+                logits = self._step(inputs.input_ids, inputs.positions, mask, shape.keep)
         except Exception as exc:  # noqa: BLE001 - any compiler failure: say it once, run eagerly from now on
             first = (str(exc).strip().splitlines() or [""])[0][:160]
             self._fall_back(f"compiling {type(self.target.model).__name__} failed ({type(exc).__name__}: {first})")

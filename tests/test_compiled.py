@@ -84,7 +84,7 @@ def test_auto_draft_length_is_priced_by_the_static_widths(tiny_lm):
     costs = gen.draft_costs
     assert costs.k_max == 15  # the widest verify width (16) minus one
     assert sorted(costs.step_s) == list(range(1, 17))
-    assert costs.step_s[5] == costs.step_s[8]  # 5 positions run as a pass of width 8
+    assert costs.step_s[6] == costs.step_s[9]  # 6 positions run as a pass of width 9
     out = gen.generate(prompt, max_new_tokens=40, num_draft_tokens="auto")
     assert out.sequences[0].tolist() == expected.tolist()
 
@@ -144,7 +144,7 @@ def test_compiled_greedy_equals_generate(tiny_lm, tmp_path):
     new = 24
     expected = _reference(target, prompt, new)
     lines: list[str] = []
-    config = StaticConfig(widths=(8,), max_len=64, autotune=False, warmup=False)
+    config = StaticConfig(widths=(8,), max_len=64, autotune=False, warmup=False, cache_dir=tmp_path / "inductor")
     gen = SpeculativeGenerator(target, OracleDrafter(expected, 0.6, seed=2, num_draft_tokens=4), compile=config)
     gen.target.log = lines.append
     out = gen.generate(prompt, max_new_tokens=new)
@@ -155,6 +155,11 @@ def test_compiled_greedy_equals_generate(tiny_lm, tmp_path):
         "specdec: compiled the target's step rows=1 width=8 slots=256 logits=1",
         "specdec: compiled the target's step rows=1 width=8 slots=256 logits=8",
     ]
+    # Freezing took effect: the weights are constants of the generated code (MKL packs them once), not inputs
+    # of every call. (`torch.compile(options={"freezing": True})` alone leaves them inputs.)
+    generated = [p.read_text() for p in (tmp_path / "inductor").rglob("*.py")]
+    steps = [code for code in generated if "def call(" in code]
+    assert steps and all("_frozen_param" in code for code in steps), "weights were not frozen"
 
 
 @pytest.mark.parametrize("command", [["generate", "hello"], ["serve", "--http", "127.0.0.1:0"]])
