@@ -68,7 +68,15 @@ def main() -> None:
                 _target_probs(item, draft_of, 8192, lm, None, head.target_ids, mode)
             spent[f"{mode} targets only"] += time.process_time() - start
     rates = {mode: round(tokens * args.rounds / s, 1) for mode, s in spent.items()}
-    report = {"tokens_per_cpu_second": rates, "sequences": len(items), "tokens": tokens, "rounds": args.rounds,
+    # what the top-k keeps of the target's distribution over the draft vocabulary
+    full = torch.cat([_target_probs(i, draft_of, 8192, lm, None, head.target_ids, "full") for i in items])
+    topk = torch.cat([_target_probs(i, draft_of, 8192, lm, None, head.target_ids, "topk") for i in items])
+    coverage = {"full_mass_in_draft_vocab": round(float(full.sum(-1).mean()), 4),
+                "topk_mass_in_draft_vocab": round(float(topk.sum(-1).mean()), 4),
+                "same_argmax": round(float((full.argmax(-1) == topk.argmax(-1)).float().mean()), 4),
+                "total_variation": round(float(0.5 * (full - topk).abs().sum(-1).mean()), 4)}  # fmt: skip
+    report = {"tokens_per_cpu_second": rates, "topk_vs_full": coverage, "sequences": len(items), "tokens": tokens,
+              "rounds": args.rounds,
               "machine": f"{torch.backends.cpu.get_cpu_capability()}, torch {torch.__version__}, 1 thread"}  # fmt: skip
     print(json.dumps(report, indent=1))
     Path(args.out).write_text(json.dumps(report, indent=1) + "\n")

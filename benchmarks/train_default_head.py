@@ -49,7 +49,7 @@ from default_head_prompts import OPEN_PROMPTS, grid_prompts  # noqa: E402
 STAGES = {
     "smoke": dict(prompts=8, max_new_tokens=16, epochs=1, checkpoint_every=2, open_prompts=2),
     "trial": dict(prompts=32, max_new_tokens=48, epochs=3, checkpoint_every=8, open_prompts=16),
-    "grid": dict(prompts=720, max_new_tokens=128, epochs=4, checkpoint_every=90, open_prompts=16),
+    "grid": dict(prompts=720, max_new_tokens=128, epochs=4, checkpoint_every=135, open_prompts=16),
 }
 RECIPE = dict(layers=(2, 15, 27), draft_vocab_size=8192, unroll=2, lr=2e-3, batch_size=4, seed=0, topk=32,
               answer_batch=64, shard_size=64)  # fmt: skip
@@ -69,6 +69,7 @@ def main() -> None:
     parser.add_argument("--cache", default=None, help="default: ~/.cache/specdec/default-head/STAGE")
     parser.add_argument("--num-draft-tokens", type=int, default=3)
     parser.add_argument("--data-only", action="store_true")
+    parser.add_argument("--prompts", type=int, default=None, help="use the grid's first N (default: the stage's)")
     parser.add_argument("--stop-at", default=None, help="UTC HH:MM: stop training at the next checkpoint after it")
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
@@ -102,7 +103,7 @@ def main() -> None:
                              **{**shard_kw, "batch_size": 16})  # fmt: skip
     open_sequences = [(item["tokens"], item["features"], open_data.prompt_length(i))
                       for i, item in enumerate(open_data.iterate(list(range(stage["open_prompts"]))))]  # fmt: skip
-    prompts = grid_prompts()[: stage["prompts"]]
+    prompts = grid_prompts()[: args.prompts or stage["prompts"]]
     note("data start", prompts=len(prompts))
     cpu0, answered = cpu_seconds(), [0]
     data = build_shards(target, tokenizer, prompts, folder / "work" / "data", settings,

@@ -104,6 +104,9 @@ def test_an_interrupted_build_resumes_without_redoing_or_duplicating(tmp_path, t
     assert len(grown) == 9 and len(calls) == 2  # shard 2 rebuilt with 3 prompts (2 batches)
     for (tokens_a, feats_a), (tokens_b, feats_b) in zip(_contents(grown)[:6], _contents(whole)[:6], strict=True):
         assert tokens_a == tokens_b and torch.equal(feats_a, feats_b)  # shards 0 and 1 kept as they were
+    shorter = build_shards(target, None, prompts[:3], tmp_path / "run", settings, **kwargs)
+    assert len(shorter) == 3 and len(calls) == 2  # shard 0 alone, nothing answered, nothing deleted
+    assert len(build_shards(target, None, prompts + _prompts(prompt, 9)[7:], tmp_path / "run", settings, **kwargs)) == 9
     with pytest.raises(InvalidArgumentError, match="delete it"):
         build_shards(target, None, prompts, tmp_path / "run", DataSettings(layers=LAYERS, max_new_tokens=7, topk=4),
                      **kwargs)  # fmt: skip
@@ -159,3 +162,43 @@ def test_replayed_acceptance_equals_the_generators(tmp_path, tiny_lm, prompt):
     assert result.steps > 0
     gen = SpeculativeGenerator(target, EagleDrafter(head, num_draft_tokens=3))
     assert gen.generate(held[0][None], max_new_tokens=12).sequences[0].tolist() == answers[0].tokens.tolist()
+
+
+_KILLED_BUILD = """
+import json, os, signal, sys
+sys.path.insert(0, {tests!r})
+import torch
+torch.set_num_threads(1)
+from conftest import build_model
+from specdec.drafts.eagle.shards import DataSettings, build_shards
+seen = []
+def progress(n):
+    seen.append(n)
+    if len(seen) == 5:  # shard 1's second sequence is written (not flushed): die without any cleanup
+        os.kill(os.getpid(), signal.SIGKILL)
+build_shards(build_model("llama", logit_scale=8.0), None, json.loads(sys.argv[1]), sys.argv[2],
+             DataSettings(layers=(0, 1, 2), max_new_tokens=6, topk=4), shard_size=3, batch_size=1, pad_id=0,
+             progress=progress)
+"""
+
+
+def test_a_killed_build_resumes_to_the_same_data(tmp_path, tiny_lm, prompt):
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    target = tiny_lm("llama", logit_scale=8.0)
+    prompts = _prompts(prompt, 7)
+    settings = DataSettings(layers=LAYERS, max_new_tokens=6, topk=4)
+    kwargs = dict(shard_size=3, batch_size=1, pad_id=0)
+    tests = str(Path(__file__).parent)
+    child = subprocess.run([sys.executable, "-c", _KILLED_BUILD.format(tests=tests), json.dumps(prompts),
+                            str(tmp_path / "run")], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    assert sorted(p.name for p in (tmp_path / "run").glob("shard-*")) == ["shard-00000", "shard-00001.partial"]
+    resumed = build_shards(target, None, prompts, tmp_path / "run", settings, **kwargs)
+    whole = build_shards(target, None, prompts, tmp_path / "whole", settings, **kwargs)
+    assert len(resumed) == 7 and not list((tmp_path / "run").glob("*.partial"))
+    for (tokens_a, feats_a), (tokens_b, feats_b) in zip(_contents(whole), _contents(resumed), strict=True):
+        assert tokens_a == tokens_b and torch.equal(feats_a, feats_b)

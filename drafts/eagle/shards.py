@@ -15,6 +15,7 @@ folders; shard ``i`` holds the answers to prompts ``i * shard_size ... (i + 1) *
 A shard is built in ``shard-NNNNN.partial/`` and renamed when complete (``index.json`` last), so
 a crash leaves either a complete shard or a partial folder that the next build deletes. Building
 again skips complete shards; a shard whose prompts changed is rebuilt; other settings are refused.
+A shorter prompt list reads the first shards only and leaves the others in place.
 """
 
 from __future__ import annotations
@@ -172,9 +173,7 @@ def build_shards(
         settings_file.write_text(json.dumps(settings.as_json()) + "\n")
     for partial in folder.glob("shard-*.partial"):
         shutil.rmtree(partial)  # an interrupted build's leftovers
-    n_shards = -(-len(prompts) // shard_size)
-    for stale in sorted(folder.glob("shard-?????"))[n_shards:]:
-        shutil.rmtree(stale)  # the prompt list got shorter
+    n_shards = -(-len(prompts) // shard_size)  # shards past these (a longer prompt list) stay, unread
     for s in range(n_shards):
         chunk = list(prompts[s * shard_size : (s + 1) * shard_size])
         path = folder / f"shard-{s:05d}"
@@ -185,7 +184,7 @@ def build_shards(
             shutil.rmtree(path)  # its prompts changed
         generator = torch.Generator().manual_seed(settings.seed * 1_000_003 + s)
         _build_shard(target, tokenizer, chunk, path, settings, batch_size, pad_id, eos_ids, generator, progress)
-    return ShardedData.open(folder)
+    return ShardedData([cast(Shard, Shard.open(folder / f"shard-{s:05d}")) for s in range(n_shards)])
 
 
 def _build_shard(target, tokenizer, prompts, path: Path, settings: DataSettings, batch_size: int, pad_id: int,

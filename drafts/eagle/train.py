@@ -265,7 +265,8 @@ def train(
     order = torch.randperm(len(prompts), generator=torch.Generator().manual_seed(config.seed)).tolist()
     held = set(order[len(prompts) - config.held_out :])
     # training prompts keep their order, so appending prompts leaves the data's earlier shards valid
-    train_prompts: list[str | list[int]] = [p for i, p in enumerate(prompts) if i not in held]
+    every = cast("list[str | list[int]]", list(prompts))
+    train_prompts = [p for i, p in enumerate(every) if i not in held]
     eval_prompts = [prompts[i] for i in order[len(prompts) - config.held_out :]]
     encoded_eval = [encode_prompt(tokenizer, p, config.chat).to(device) for p in eval_prompts]
     prompt_tokens = sum(int(encode_prompt(tokenizer, p, config.chat).shape[1]) for p in train_prompts)
