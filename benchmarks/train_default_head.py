@@ -70,13 +70,14 @@ def main() -> None:
     parser.add_argument("--num-draft-tokens", type=int, default=3)
     parser.add_argument("--data-only", action="store_true")
     parser.add_argument("--prompts", type=int, default=None, help="use the grid's first N (default: the stage's)")
+    parser.add_argument("--sampled-views", type=int, default=0, help="extra answers per prompt sampled at T = 0.7")
     parser.add_argument("--stop-at", default=None, help="UTC HH:MM: stop training at the next checkpoint after it")
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     from specdec import load_model
     from specdec.drafts.eagle.data import pad_token_id
     from specdec.drafts.eagle.replay import replay_acceptance
-    from specdec.drafts.eagle.shards import DataSettings, build_shards
+    from specdec.drafts.eagle.shards import DataSettings, build_shards, build_views
     from specdec.drafts.eagle.train import TrainConfig, train
 
     stage = STAGES[args.stage]
@@ -106,8 +107,9 @@ def main() -> None:
     prompts = grid_prompts()[: args.prompts or stage["prompts"]]
     note("data start", prompts=len(prompts))
     cpu0, answered = cpu_seconds(), [0]
-    data = build_shards(target, tokenizer, prompts, folder / "work" / "data", settings,
-                        progress=lambda n: answered.__setitem__(0, answered[0] + n), **shard_kw)  # fmt: skip
+    data = build_views(target, tokenizer, prompts, folder / "work", settings, sampled_views=args.sampled_views,
+                       temperature=0.7, progress=lambda n: answered.__setitem__(0, answered[0] + n),
+                       **shard_kw)  # fmt: skip
     note("data done", sequences=len(data), tokens=data.num_tokens, answer_tokens_this_call=answered[0],
          cpu_s_this_call=round(cpu_seconds() - cpu0, 1))  # fmt: skip
     if args.data_only:
@@ -132,7 +134,8 @@ def main() -> None:
                          batch_size=RECIPE["batch_size"], learning_rate=RECIPE["lr"], unroll=RECIPE["unroll"],
                          seed=RECIPE["seed"], checkpoint_every=stage["checkpoint_every"],
                          num_draft_tokens=args.num_draft_tokens, save_dtype="float16", topk=RECIPE["topk"],
-                         answer_batch_size=RECIPE["answer_batch"], shard_size=RECIPE["shard_size"])  # fmt: skip
+                         answer_batch_size=RECIPE["answer_batch"], shard_size=RECIPE["shard_size"],
+                         sampled_views=args.sampled_views, sample_temperature=0.7)  # fmt: skip
     note("training start", steps=per_epoch * stage["epochs"], tokens_per_epoch=data.num_tokens)
     try:
         result = train(target, tokenizer, prompts, folder / "head", config, work_dir=folder / "work",

@@ -202,3 +202,36 @@ def test_a_killed_build_resumes_to_the_same_data(tmp_path, tiny_lm, prompt):
     assert len(resumed) == 7 and not list((tmp_path / "run").glob("*.partial"))
     for (tokens_a, feats_a), (tokens_b, feats_b) in zip(_contents(whole), _contents(resumed), strict=True):
         assert tokens_a == tokens_b and torch.equal(feats_a, feats_b)
+
+
+def test_sampled_views_add_seeded_answers(tmp_path, tiny_lm, prompt):
+    from specdec.drafts.eagle.shards import build_views
+
+    target = tiny_lm("llama", logit_scale=2.0)  # flat enough that sampling leaves the greedy path
+    prompts = _prompts(prompt, 4)
+    settings = DataSettings(layers=LAYERS, max_new_tokens=8, topk=4)
+    kwargs = dict(sampled_views=2, temperature=1.0, shard_size=4, batch_size=4, pad_id=0)
+    data = build_views(target, None, prompts, tmp_path / "a", settings, **kwargs)
+    again = build_views(target, None, prompts, tmp_path / "b", settings, **kwargs)
+    assert len(data) == 12 and (tmp_path / "a" / "data-sampled-2" / "shard-00000").is_dir()
+    greedy, first, second = (_contents(data)[i : i + 4] for i in (0, 4, 8))
+    assert [t for t, _ in first] != [t for t, _ in greedy] and [t for t, _ in first] != [t for t, _ in second]
+    assert [t for t, _ in _contents(again)] == [t for t, _ in _contents(data)]  # seeded: rebuilt identically
+    assert json.loads((tmp_path / "a" / "data-sampled-1" / "settings.json").read_text())["temperature"] == 1.0
+
+
+def test_a_checkpoint_from_before_a_new_setting_still_resumes():
+    from dataclasses import replace
+
+    from specdec.drafts.eagle.head import EagleHeadConfig
+    from specdec.drafts.eagle.train import _fingerprint, _same_settings
+
+    head = EagleHeadConfig(kind="eagle3", hidden_size=32, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                           intermediate_size=64, vocab_size=160, draft_vocab_size=64, target_hidden_size=32,
+                           target_layers=(0, 1))  # fmt: skip
+    config = TrainConfig()
+    saved = json.loads(_fingerprint(config, head))
+    del saved["train"]["sampled_views"]  # written before the field existed
+    assert _same_settings(json.dumps(saved), config, head)
+    assert not _same_settings(json.dumps(saved), replace(config, sampled_views=1), head)
+    assert not _same_settings(json.dumps(saved), replace(config, learning_rate=1e-3), head)

@@ -24,7 +24,7 @@ import hashlib
 import json
 import shutil
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -37,7 +37,7 @@ from specdec import InvalidArgumentError
 from .answers import answer_batch
 from .data import encode_prompt
 
-__all__ = ["DataSettings", "Shard", "ShardedData", "build_shards"]
+__all__ = ["DataSettings", "Shard", "ShardedData", "build_shards", "build_views"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -185,6 +185,27 @@ def build_shards(
         generator = torch.Generator().manual_seed(settings.seed * 1_000_003 + s)
         _build_shard(target, tokenizer, chunk, path, settings, batch_size, pad_id, eos_ids, generator, progress)
     return ShardedData([cast(Shard, Shard.open(folder / f"shard-{s:05d}")) for s in range(n_shards)])
+
+
+def build_views(
+    target: PreTrainedModel,
+    tokenizer: Any,
+    prompts: Sequence[str | list[int]],
+    work: str | Path,
+    settings: DataSettings,
+    *,
+    sampled_views: int = 0,
+    temperature: float = 0.7,
+    **kwargs: Any,
+) -> ShardedData:
+    """Greedy answers in ``work/data``, and ``sampled_views`` sampled ones in ``work/data-sampled-N`` (seed N)."""
+    data = build_shards(target, tokenizer, prompts, Path(work) / "data", settings, **kwargs)
+    shards = list(data.shards)
+    for view in range(1, sampled_views + 1):
+        sampled = replace(settings, temperature=temperature, seed=view)
+        folder = Path(work) / f"data-sampled-{view}"
+        shards += build_shards(target, tokenizer, prompts, folder, sampled, **kwargs).shards
+    return ShardedData(shards)
 
 
 def _build_shard(target, tokenizer, prompts, path: Path, settings: DataSettings, batch_size: int, pad_id: int,

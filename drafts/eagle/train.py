@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import math
-import platform
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -36,11 +35,12 @@ from transformers import PreTrainedModel
 
 from specdec import InvalidArgumentError, SpecDecError, SpeculativeGenerator, check_rollback_support
 
+from .card import write_card
 from .data import capture_layers, encode_prompt, pad_token_id
 from .drafter import EagleDrafter
 from .formats import save_speculators, target_shape
 from .head import EagleHead, EagleHeadConfig
-from .shards import DataSettings, build_shards
+from .shards import DataSettings, build_views
 from .vocab import draft_vocab_from_counts
 
 __all__ = ["TrainConfig", "TrainResult", "TrainingError", "train", "evaluate", "default_train_layers"]
@@ -73,6 +73,8 @@ class TrainConfig:
     answer_batch_size: int = 16  # prompts the target answers at once (left-padded) while building data
     shard_size: int = 64  # prompts per data shard (the unit an interrupted data build resumes from)
     topk: int = 32  # the target's next-token log-probabilities stored per position
+    sampled_views: int = 0  # extra answers per prompt sampled at sample_temperature (more data per prompt)
+    sample_temperature: float = 0.7
     soft_targets: str = "topk"  # "topk": the stored top-k; "full": recompute from the final hidden state
 
     def __post_init__(self) -> None:
@@ -87,6 +89,10 @@ class TrainConfig:
             raise InvalidArgumentError("learning_rate must be > 0, feature_weight >= 0 and warmup_steps >= 0")
         if self.save_dtype not in ("float32", "float16", "bfloat16"):
             raise InvalidArgumentError(f"save_dtype must be float32, float16 or bfloat16, got {self.save_dtype!r}")
+        if isinstance(self.sampled_views, bool) or not isinstance(self.sampled_views, int) or self.sampled_views < 0:
+            raise InvalidArgumentError(f"sampled_views must be an integer >= 0, got {self.sampled_views!r}")
+        if not self.sample_temperature > 0:
+            raise InvalidArgumentError(f"sample_temperature must be > 0, got {self.sample_temperature!r}")
         if self.soft_targets not in ("topk", "full"):
             raise InvalidArgumentError(f"soft_targets must be 'topk' or 'full', got {self.soft_targets!r}")
         if self.target_layers is not None:
@@ -278,11 +284,12 @@ def train(
     eos_ids = [e for e in (eos if isinstance(eos, list) else [eos]) if e is not None]
     settings = DataSettings(layers=tuple(layers) + (num_layers,), max_new_tokens=config.max_new_tokens,
                             topk=config.topk, chat=config.chat)  # fmt: skip
-    with tqdm(total=len(train_prompts) * config.max_new_tokens, desc="answering prompts", unit="tok",
-              disable=not progress) as bar:  # fmt: skip
-        data = build_shards(target, tokenizer, train_prompts, work / "data", settings, shard_size=config.shard_size,
-                            batch_size=config.answer_batch_size, pad_id=pad_token_id(target, tokenizer),
-                            eos_ids=tuple(eos_ids), progress=bar.update)  # fmt: skip
+    with tqdm(total=len(train_prompts) * config.max_new_tokens * (1 + config.sampled_views), unit="tok",
+              desc="answering prompts", disable=not progress) as bar:  # fmt: skip
+        data = build_views(target, tokenizer, train_prompts, work, settings, sampled_views=config.sampled_views,
+                           temperature=config.sample_temperature, shard_size=config.shard_size,
+                           batch_size=config.answer_batch_size, pad_id=pad_token_id(target, tokenizer),
+                           eos_ids=tuple(eos_ids), progress=bar.update)  # fmt: skip
     torch.manual_seed(config.seed)
     d2t = draft_vocab_from_counts(data.token_counts, head_config.draft_vocab_size, always=eos_ids)
     head = EagleHead(head_config)
@@ -360,12 +367,22 @@ def train(
                      dtype=getattr(torch, config.save_dtype))  # fmt: skip
     seconds = time.perf_counter() - started
     result = TrainResult(out_dir, step, data.num_tokens, seconds, acceptance)
-    _write_card(out_dir, result, config, head_config, target_name, data_name, len(train_prompts), len(eval_prompts))
+    write_card(out_dir, result, config, head_config, target_name, data_name, len(train_prompts), len(eval_prompts))
     return result
 
 
 def _fingerprint(config: TrainConfig, head_config: EagleHeadConfig) -> str:
     return json.dumps({"train": asdict(config), "head": asdict(head_config)}, sort_keys=True, default=str)
+
+
+def _same_settings(saved: str, config: TrainConfig, head_config: EagleHeadConfig) -> bool:
+    """A checkpoint's settings equal these; a field added to TrainConfig since then matches at its default."""
+    now, old = json.loads(_fingerprint(config, head_config)), json.loads(saved)
+    defaults = json.loads(json.dumps(asdict(TrainConfig()), default=str))
+    for key, value in now["train"].items():
+        if key not in old.get("train", {}) and value == defaults[key]:
+            old.setdefault("train", {})[key] = value
+    return bool(old == now)
 
 
 def _save_checkpoint(path: Path, head, optimizer, step, config, head_config) -> None:
@@ -380,48 +397,8 @@ def _resume(path: Path, head, optimizer, config, head_config) -> int:
     if not path.is_file():
         return 0
     saved = torch.load(path, map_location="cpu", weights_only=True)
-    if saved.get("fingerprint") != _fingerprint(config, head_config):
+    if not _same_settings(saved.get("fingerprint", "{}"), config, head_config):
         raise TrainingError(f"{path} was written with other settings; delete it (or the work dir) to start over")
     head.load_state_dict(saved["head"], strict=False)
     optimizer.load_state_dict(saved["optimizer"])
     return int(saved["step"])
-
-
-def _write_card(out_dir: Path, result: TrainResult, config: TrainConfig, head_config: EagleHeadConfig,
-                target_name: str, data_name: str, n_train: int, n_eval: int) -> None:  # fmt: skip
-    acc = result.acceptance
-    facts = {
-        "target": target_name or "unknown",
-        "data": data_name or "prompts passed to train()",
-        "train_prompts": n_train,
-        "held_out_prompts": n_eval,
-        "train_tokens_per_epoch": result.train_tokens,
-        "steps": result.steps,
-        "seconds": round(result.seconds, 1),
-        "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
-        f"cpu capability {torch.backends.cpu.get_cpu_capability()}",
-        "acceptance": acc,
-        "train_config": asdict(config),
-        "head": {"target_layers": list(head_config.target_layers), "draft_vocab_size": head_config.draft_vocab_size,
-                 "hidden_size": head_config.hidden_size, "intermediate_size": head_config.intermediate_size},
-    }  # fmt: skip
-    (out_dir / "training.json").write_text(json.dumps(facts, indent=2, default=str) + "\n")
-    lines = [
-        f"# EAGLE-3 draft head for {facts['target']}",
-        "",
-        "Trained with `specdec train-draft` (specdec.drafts.eagle.train); speculators format "
-        "(`config.json` + `model.safetensors`), loadable with `specdec.drafts.eagle.load_head`.",
-        "",
-        f"- Data: {facts['data']}: {n_train} prompts answered by the target ({result.train_tokens} tokens), "
-        f"{n_eval} held out",
-        f"- Training: {result.steps} steps, {config.epochs} epochs, unroll {config.unroll}, seed {config.seed}, "
-        f"{result.seconds:.0f} s on {facts['machine']}",
-        f"- Head: layers {list(head_config.target_layers)}, draft vocabulary {head_config.draft_vocab_size} "
-        f"of {head_config.vocab_size}",
-        f"- Held-out greedy acceptance (k={config.num_draft_tokens}): conditional "
-        f"{acc.get('conditional_acceptance', float('nan')):.3f}, "
-        f"per drafted token {acc.get('acceptance_rate', float('nan')):.3f}, "
-        f"{acc.get('mean_accepted_per_step', float('nan')):.2f} tokens per target step",
-        "",
-    ]
-    (out_dir / "README.md").write_text("\n".join(lines))
