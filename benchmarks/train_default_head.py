@@ -120,11 +120,17 @@ def main() -> None:
         hours, minutes = (int(x) for x in args.stop_at.split(":"))
         stop_at = dt.datetime.now(dt.UTC).replace(hour=hours, minute=minutes, second=0, microsecond=0)
 
+    # tokens trained so far: counted from the last curve point, so a run resumed over more data counts right
+    curve_file = folder / "curve.jsonl"
+    last = json.loads(curve_file.read_text().splitlines()[-1]) if curve_file.is_file() else {}
+    step0, tokens0 = last.get("step", 0), last.get("tokens_trained", 0)
+
     def checkpoint(step: int, head) -> None:
         acceptance = replay_acceptance(head, open_sequences, num_draft_tokens=args.num_draft_tokens)
-        record = dict(step=step, tokens_trained=round(step / per_epoch * data.num_tokens), **acceptance)
+        tokens = tokens0 + round((step - step0) / per_epoch * data.num_tokens)
+        record = dict(step=step, tokens_trained=tokens, **acceptance)
         note("checkpoint", **record)
-        with (folder / "curve.jsonl").open("a") as f:
+        with curve_file.open("a") as f:
             f.write(json.dumps({**record, "cpu_s": round(cpu_seconds(), 1)}) + "\n")
         if stop_at is not None and dt.datetime.now(dt.UTC) >= stop_at:
             raise StopTraining
@@ -146,7 +152,7 @@ def main() -> None:
         note("stopped at --stop-at; run the same command to resume")
         return
     note("training done", steps=result.steps, seconds=round(result.seconds, 1))
-    curve = [json.loads(line) for line in (folder / "curve.jsonl").read_text().splitlines()]
+    curve = [json.loads(line) for line in curve_file.read_text().splitlines()]
     (folder / "result.json").write_text(json.dumps({"stage": args.stage, "stage_settings": stage,
                                                     "recipe": RECIPE, "steps": result.steps,
                                                     "train_tokens_per_epoch": result.train_tokens,
