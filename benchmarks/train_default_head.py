@@ -70,6 +70,8 @@ def main() -> None:
     parser.add_argument("--num-draft-tokens", type=int, default=3)
     parser.add_argument("--data-only", action="store_true")
     parser.add_argument("--prompts", type=int, default=None, help="use the grid's first N (default: the stage's)")
+    parser.add_argument("--check-replay", type=int, default=0, metavar="N",
+                        help="only compare the saved head's replayed acceptance with the generator's on N open prompts")
     parser.add_argument("--sampled-views", type=int, default=0, help="extra answers per prompt sampled at T = 0.7")
     parser.add_argument("--stop-at", default=None, help="UTC HH:MM: stop training at the next checkpoint after it")
     args = parser.parse_args()
@@ -104,6 +106,17 @@ def main() -> None:
                              **{**shard_kw, "batch_size": 16})  # fmt: skip
     open_sequences = [(item["tokens"], item["features"], open_data.prompt_length(i))
                       for i, item in enumerate(open_data.iterate(list(range(stage["open_prompts"]))))]  # fmt: skip
+    if args.check_replay:
+        from specdec.drafts.eagle import load_head
+        from specdec.drafts.eagle.train import evaluate
+
+        head = load_head(folder / "head", target)
+        n = args.check_replay
+        replayed = replay_acceptance(head, open_sequences[:n], num_draft_tokens=args.num_draft_tokens)
+        generated = evaluate(target, head, [tokens[None, :length] for tokens, _, length in open_sequences[:n]],
+                             max_new_tokens=128, num_draft_tokens=args.num_draft_tokens)  # fmt: skip
+        note("replay check", replayed=replayed, generated=generated)
+        return
     prompts = grid_prompts()[: args.prompts or stage["prompts"]]
     note("data start", prompts=len(prompts))
     cpu0, answered = cpu_seconds(), [0]
