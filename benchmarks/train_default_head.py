@@ -21,11 +21,16 @@ answers, k = ``--num-draft-tokens``) is replayed from the stored answers (drafts
 the generator's counts without its verify passes) and appended to ``curve.jsonl`` with the tokens
 trained so far and the process's CPU seconds.
 
-    python benchmarks/train_default_head.py --stage trial       # minutes
-    python benchmarks/train_default_head.py --stage grid        # 720 prompts x 128 tokens, 4 epochs
+    python benchmarks/train_default_head.py --stage smoke       # a minute: checks the whole path
+    python benchmarks/train_default_head.py --stage grid        # 720 prompts x 128 tokens, 4 epochs: ~1 CPU hour
+    python benchmarks/train_default_head.py --stage grid --prompts 1440   # both grids, from grid's checkpoint
 
 ``--data-only`` stops after the data (so data and training can run as separate jobs);
-``--stop-at HH:MM`` (UTC) makes training stop cleanly at its next checkpoint after that time.
+``--stop-at HH:MM`` (UTC) makes training stop cleanly at its next checkpoint after that time;
+``--prompts N`` changes the stage's prompt count (training resumes from the stage's checkpoint over
+the new data, the cosine schedule stretched to the new step count); ``--sampled-views N`` adds N
+sampled answers per prompt; ``--check-replay N`` compares the saved head's replayed acceptance with
+the live generator's on N open prompts.
 """
 
 from __future__ import annotations
