@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import random
 
-__all__ = ["OPEN_PROMPTS", "TASKS", "TOPICS", "grid_prompts"]
+__all__ = ["MORE_TOPICS", "OPEN_PROMPTS", "TASKS", "TOPICS", "grid_prompts"]
 
 TOPICS = (
     "volcanoes", "the water cycle", "honeybees", "the printing press", "black holes", "photosynthesis",
@@ -27,6 +27,22 @@ TOPICS = (
     "the immune system", "glaciers", "robots", "tea", "the Renaissance", "owls", "gardening", "bridges",
     "money", "music festivals", "the ocean floor", "airplanes", "kindness", "mathematics", "maps",
     "wolves", "rivers", "the telescope", "chocolate", "video games", "time zones", "the alphabet",
+)  # fmt: skip
+
+# The second grid (prompts 720..1439), appended so that the first grid's prompts, and the data shards
+# built from them, keep their places. No topic of the held-out open prompts (tides, the sky, lighthouses,
+# blacksmiths, guitars, the Moon, refrigerators, dragons, weather, cats, computer programs, picnics,
+# leaders, plants, sports teams).
+MORE_TOPICS = (
+    "the Silk Road", "octopuses", "snowflakes", "the Eiffel Tower", "electricity", "butterflies", "the Vikings",
+    "hot air balloons", "the human brain", "pizza", "lightning", "Mount Everest", "origami",
+    "the Industrial Revolution", "elephants", "comets", "public transport", "yoga", "the periodic table",
+    "board games", "the Amazon rainforest", "jellyfish", "windmills", "photography", "ancient Greece",
+    "cheese making", "satellites", "kangaroos", "the postal service", "fireworks", "museums", "bird migration",
+    "skyscrapers", "knitting", "sharks", "the theory of evolution", "the Maya civilization", "volunteering",
+    "hiking", "submarines", "the Arctic", "bamboo", "spiders", "wind energy", "dreams", "marathons", "ice cream",
+    "camping", "space stations", "fossils", "the Nile", "soap", "pottery", "the calendar", "journalism",
+    "3D printing", "cryptography", "handwriting", "dolphins", "solar eclipses",
 )  # fmt: skip
 
 TASKS = (
@@ -66,7 +82,10 @@ OPEN_PROMPTS = (
 
 
 def grid_prompts(seed: int = 0) -> list[str]:
-    """Every topic x task prompt, in a seeded shuffle (the same list on every machine)."""
-    prompts = [task.format(topic=topic) for topic in TOPICS for task in TASKS]
-    random.Random(seed).shuffle(prompts)
+    """Every topic x task prompt: ``TOPICS``' grid then ``MORE_TOPICS``', each in a seeded shuffle (1,440)."""
+    prompts = []
+    for number, topics in enumerate((TOPICS, MORE_TOPICS)):
+        grid = [task.format(topic=topic) for topic in topics for task in TASKS]
+        random.Random(seed + number).shuffle(grid)
+        prompts += grid
     return prompts

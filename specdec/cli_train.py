@@ -37,6 +37,13 @@ def add_train_draft_arguments(sub: Any) -> None:
     train.add_argument("--checkpoint-every", type=positive_int, default=50)
     train.add_argument("--seed", type=number(int, 0), default=0)
     train.add_argument("--save-dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    train.add_argument("--answer-batch-size", type=positive_int, default=16,
+                       help="prompts the target answers at once while building the data")  # fmt: skip
+    train.add_argument("--shard-size", type=positive_int, default=64,
+                       help="prompts per data shard (a stopped data build resumes from complete shards)")  # fmt: skip
+    train.add_argument("--sampled-views", type=number(int, 0), default=0,
+                       help="extra answers per prompt, sampled (more data from the same prompts)")  # fmt: skip
+    train.add_argument("--sample-temperature", type=positive_float, default=0.7)
     chat = train.add_mutually_exclusive_group()
     chat.add_argument("--chat", dest="chat", action="store_true", default=None, help="apply the chat template")
     chat.add_argument("--no-chat", dest="chat", action="store_false", help="feed the prompts as raw text")
@@ -61,6 +68,8 @@ def cmd_train_draft(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens, held_out=args.held_out, epochs=args.epochs, batch_size=args.batch_size,
         learning_rate=args.lr, unroll=args.unroll, seed=args.seed, checkpoint_every=args.checkpoint_every,
         num_draft_tokens=args.num_draft_tokens, chat=args.chat, save_dtype=args.save_dtype,
+        answer_batch_size=args.answer_batch_size, shard_size=args.shard_size, sampled_views=args.sampled_views,
+        sample_temperature=args.sample_temperature,
     )  # fmt: skip
     if len(prompts) <= config.held_out:
         raise InvalidArgumentError(

@@ -121,10 +121,12 @@ def test_cli_train_then_generate(tmp_path, target_folder, capsys):
     head = tmp_path / "head"
     code = main(["train-draft", "--target", str(target_folder), "--prompts", str(prompts), "--out", str(head),
                  "--max-new-tokens", "8", "--epochs", "1", "--held-out", "2", "--draft-vocab-size", "100",
-                 "--device", "cpu", "--no-chat"])  # fmt: skip
+                 "--device", "cpu", "--no-chat", "--answer-batch-size", "3", "--shard-size", "4"])  # fmt: skip
     assert code == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["steps"] == 3 and "conditional_acceptance" in summary
+    shards = sorted(p.name for p in (head / "train-work" / "data").glob("shard-*"))
+    assert shards == ["shard-00000", "shard-00001", "shard-00002"]  # 10 training prompts, 4 per shard
     outputs = {}
     for draft in ("ngram", str(head)):
         code = main(["generate", "the lazy dog", "--target", str(target_folder), "--draft", draft, "--device", "cpu",

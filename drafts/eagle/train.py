@@ -2,11 +2,13 @@
 
 1. Checks (before any long work): prompts, a target whose hidden states can be read and whose
    cache rolls back, layer ids, memory and disk for the data.
-2. Data (:mod:`.data`): the target answers the training prompts greedily; its hidden states go to
-   disk as float16 and are streamed back one sequence at a time.
+2. Data (:mod:`.shards`): the target answers the training prompts greedily, many at a time; its
+   hidden states and top-k next-token log-probabilities go to disk in resumable shards and are
+   streamed back one sequence at a time.
 3. Training: at every position ``i`` the head reads the target's features of ``x_i`` and the token
    ``x_{i+1}`` and predicts ``x_{i+2}`` (soft cross-entropy against the target's distribution over
-   the draft vocabulary), and its output is pulled towards the target's next projected feature
+   the draft vocabulary: its stored top-k, or recomputed from the final hidden state), and its
+   output is pulled towards the target's next projected feature
    (smooth L1, ``feature_weight``). ``unroll`` > 1 also trains the later draft steps, which read the
    head's own output instead of the target's (EAGLE-3's training-time test, with the attention
    pattern the drafter uses at inference).
@@ -19,10 +21,9 @@ from __future__ import annotations
 
 import json
 import math
-import platform
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -34,10 +35,12 @@ from transformers import PreTrainedModel
 
 from specdec import InvalidArgumentError, SpecDecError, SpeculativeGenerator, check_rollback_support
 
-from .data import build_data, capture_layers, encode_prompt
+from .card import write_card
+from .data import capture_layers, encode_prompt, pad_token_id
 from .drafter import EagleDrafter
 from .formats import save_speculators, target_shape
 from .head import EagleHead, EagleHeadConfig
+from .shards import DataSettings, build_views
 from .vocab import draft_vocab_from_counts
 
 __all__ = ["TrainConfig", "TrainResult", "TrainingError", "train", "evaluate", "default_train_layers"]
@@ -67,9 +70,16 @@ class TrainConfig:
     num_draft_tokens: int = 4  # k for the evaluation and written into the speculators config
     chat: bool | None = None  # apply the tokenizer's chat template (None: when it has one)
     save_dtype: str = "float32"  # or "float16", "bfloat16"
+    answer_batch_size: int = 16  # prompts the target answers at once (left-padded) while building data
+    shard_size: int = 64  # prompts per data shard (the unit an interrupted data build resumes from)
+    topk: int = 32  # the target's next-token log-probabilities stored per position
+    sampled_views: int = 0  # extra answers per prompt sampled at sample_temperature (more data per prompt)
+    sample_temperature: float = 0.7
+    soft_targets: str = "topk"  # "topk": the stored top-k; "full": recompute from the final hidden state
 
     def __post_init__(self) -> None:
-        for name in ("max_new_tokens", "epochs", "batch_size", "unroll", "checkpoint_every", "num_draft_tokens"):
+        for name in ("max_new_tokens", "epochs", "batch_size", "unroll", "checkpoint_every", "num_draft_tokens",
+                     "answer_batch_size", "shard_size", "topk"):  # fmt: skip
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InvalidArgumentError(f"{name} must be an integer >= 1, got {value!r}")
@@ -79,6 +89,12 @@ class TrainConfig:
             raise InvalidArgumentError("learning_rate must be > 0, feature_weight >= 0 and warmup_steps >= 0")
         if self.save_dtype not in ("float32", "float16", "bfloat16"):
             raise InvalidArgumentError(f"save_dtype must be float32, float16 or bfloat16, got {self.save_dtype!r}")
+        if isinstance(self.sampled_views, bool) or not isinstance(self.sampled_views, int) or self.sampled_views < 0:
+            raise InvalidArgumentError(f"sampled_views must be an integer >= 0, got {self.sampled_views!r}")
+        if not self.sample_temperature > 0:
+            raise InvalidArgumentError(f"sample_temperature must be > 0, got {self.sample_temperature!r}")
+        if self.soft_targets not in ("topk", "full"):
+            raise InvalidArgumentError(f"soft_targets must be 'topk' or 'full', got {self.soft_targets!r}")
         if self.target_layers is not None:
             object.__setattr__(self, "target_layers", tuple(self.target_layers))
 
@@ -103,7 +119,7 @@ def _check_resources(target: PreTrainedModel, config: EagleHeadConfig, n_prompts
     import psutil
 
     layers = len(config.target_layers) + 1
-    data_bytes = (prompt_tokens + n_prompts * max_new) * layers * config.target_hidden_size * 2
+    data_bytes = (prompt_tokens + n_prompts * max_new) * (layers * config.target_hidden_size * 2 + 6 * 32)
     work.mkdir(parents=True, exist_ok=True)
     free_disk = shutil.disk_usage(work).free
     if data_bytes > 0.9 * free_disk:
@@ -145,17 +161,30 @@ def _head_config(target: PreTrainedModel, cfg: TrainConfig, layers: tuple[int, .
     )
 
 
-def _sequence_loss(head: EagleHead, lm_weight, lm_bias, tokens, feats, target_ids, cfg: TrainConfig):
-    """Summed losses of one sequence and the number of scored positions (``None`` if too short)."""
+def _target_probs(item: dict[str, torch.Tensor], draft_of: torch.Tensor, draft_size: int, lm_weight, lm_bias,
+                  target_ids: torch.Tensor | None, soft_targets: str) -> torch.Tensor:  # fmt: skip
+    """The target's next-token probabilities over the draft vocabulary, ``[T, draft_vocab]`` (mass outside is lost).
+
+    ``draft_of`` [vocab]: the draft id of each target id, -1 outside the draft vocabulary.
+    """
+    if soft_targets == "full":  # the target's LM head over the stored final state: [T, vocab] per sequence
+        full = item["features"][:, -1] @ lm_weight.T + (lm_bias if lm_bias is not None else 0)
+        probs = torch.softmax(full, dim=-1)
+        return probs[:, target_ids] if target_ids is not None else probs
+    ids = draft_of[item["top_ids"]]  # [T, topk]
+    mass = item["top_logprobs"].exp() * (ids >= 0)
+    return torch.zeros(ids.shape[0], draft_size).scatter_add_(1, ids.clamp(min=0), mass)
+
+
+def _sequence_loss(head: EagleHead, tokens, feats, target_probs, cfg: TrainConfig):
+    """Summed losses of one sequence and the number of scored positions (``None`` if too short).
+
+    ``feats`` [T, layers + 1, hidden] (the final state last, unused here); ``target_probs`` [T, draft_vocab].
+    """
     length, n_layers = tokens.shape[0], feats.shape[1] - 1
     if length < 3:
         return None
-    aux, final = feats[:, :n_layers], feats[:, n_layers]
-    with torch.no_grad():
-        full = final @ lm_weight.T + (lm_bias if lm_bias is not None else 0)
-        target_probs = torch.softmax(full, dim=-1)  # [T, vocab]
-        if target_ids is not None:
-            target_probs = target_probs[:, target_ids]  # [T, draft_vocab], mass outside is not learnable
+    aux = feats[:, :n_layers]
     n1 = length - 1
     projected = head.project(aux[:n1])
     q, k1, v1, residual = head.qkv(projected, tokens[1:], torch.arange(n1))
@@ -211,13 +240,15 @@ def train(
     target_name: str = "",
     data_name: str = "",
     progress: bool = True,
+    on_checkpoint: Callable[[int, EagleHead], None] | None = None,
 ) -> TrainResult:
     """Train an EAGLE-3 head for ``target`` and save it to ``out_dir`` (speculators format + README.md).
 
     ``prompts`` are strings (encoded with ``tokenizer``) or token-id lists. The last
     ``config.held_out`` prompts (after a seeded shuffle) are only used for evaluation. Data and
     checkpoints live in ``work_dir`` (default ``out_dir/train-work``); calling again with the same
-    arguments resumes from the last checkpoint.
+    arguments resumes from the last checkpoint. ``on_checkpoint(step, head)`` runs after
+    each checkpoint is written (the head in training mode; it must not change it).
     """
     started = time.perf_counter()
     prompts = cast("Sequence[str] | Sequence[list[int]]", list(prompts))
@@ -238,7 +269,10 @@ def train(
     if probe.shape[1:] != (len(layers) + 1, head_config.target_hidden_size):
         raise InvalidArgumentError(f"cannot read hidden states of shape [*, {len(layers) + 1}, hidden] from the target")
     order = torch.randperm(len(prompts), generator=torch.Generator().manual_seed(config.seed)).tolist()
-    train_prompts = [prompts[i] for i in order[: len(prompts) - config.held_out]]
+    held = set(order[len(prompts) - config.held_out :])
+    # training prompts keep their order, so appending prompts leaves the data's earlier shards valid
+    every = cast("list[str | list[int]]", list(prompts))
+    train_prompts = [p for i, p in enumerate(every) if i not in held]
     eval_prompts = [prompts[i] for i in order[len(prompts) - config.held_out :]]
     encoded_eval = [encode_prompt(tokenizer, p, config.chat).to(device) for p in eval_prompts]
     prompt_tokens = sum(int(encode_prompt(tokenizer, p, config.chat).shape[1]) for p in train_prompts)
@@ -246,14 +280,18 @@ def train(
     work = Path(work_dir) if work_dir is not None else out_dir / "train-work"
     _check_resources(target, head_config, len(train_prompts), prompt_tokens, config.max_new_tokens, work)
 
-    with tqdm(total=prompt_tokens + len(train_prompts) * config.max_new_tokens, desc="answering prompts",
-              unit="tok", disable=not progress) as bar:  # fmt: skip
-        data = build_data(target, tokenizer, train_prompts, work / "data", layers=layers,
-                          max_new_tokens=config.max_new_tokens, chat=config.chat, progress=bar.update)  # fmt: skip
-    torch.manual_seed(config.seed)
     eos = getattr(target.generation_config, "eos_token_id", None)
     eos_ids = [e for e in (eos if isinstance(eos, list) else [eos]) if e is not None]
-    d2t = draft_vocab_from_counts(torch.tensor(data.token_counts), head_config.draft_vocab_size, always=eos_ids)
+    settings = DataSettings(layers=tuple(layers) + (num_layers,), max_new_tokens=config.max_new_tokens,
+                            topk=config.topk, chat=config.chat)  # fmt: skip
+    with tqdm(total=len(train_prompts) * config.max_new_tokens * (1 + config.sampled_views), unit="tok",
+              desc="answering prompts", disable=not progress) as bar:  # fmt: skip
+        data = build_views(target, tokenizer, train_prompts, work, settings, sampled_views=config.sampled_views,
+                           temperature=config.sample_temperature, shard_size=config.shard_size,
+                           batch_size=config.answer_batch_size, pad_id=pad_token_id(target, tokenizer),
+                           eos_ids=tuple(eos_ids), progress=bar.update)  # fmt: skip
+    torch.manual_seed(config.seed)
+    d2t = draft_vocab_from_counts(data.token_counts, head_config.draft_vocab_size, always=eos_ids)
     head = EagleHead(head_config)
     lm = target.get_output_embeddings()
     lm_weight = lm.weight.detach().to("cpu", torch.float32)
@@ -265,6 +303,8 @@ def train(
     head.embed_tokens.requires_grad_(False)
     reduced = head_config.draft_vocab_size < head_config.vocab_size
     target_ids = head.target_ids if reduced else None
+    draft_of = torch.full((head_config.vocab_size,), -1, dtype=torch.long)
+    draft_of[head.target_ids] = torch.arange(head_config.draft_vocab_size)
     params = [p for p in head.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
     per_epoch = math.ceil(len(data) / config.batch_size)
@@ -290,8 +330,11 @@ def train(
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(step)
             total_loss, total_scored, agree, first = 0.0, 0, 0, 0
-            for tokens, feats in data.iterate(batch):
-                result = _sequence_loss(head, lm_weight, lm_bias, tokens, feats, target_ids, config)
+            for item in data.iterate(batch):
+                tokens, feats = item["tokens"], item["features"]
+                probs = _target_probs(item, draft_of, head_config.draft_vocab_size, lm_weight, lm_bias, target_ids,
+                                      config.soft_targets)  # fmt: skip
+                result = _sequence_loss(head, tokens, feats, probs, config)
                 if result is None:
                     continue
                 loss, scored, n_agree, n_first = result
@@ -312,6 +355,8 @@ def train(
             bar.update(1)
             if step % config.checkpoint_every == 0 or step == total:
                 _save_checkpoint(work / "checkpoint.pt", head, optimizer, step, config, head_config)
+                if on_checkpoint is not None:
+                    on_checkpoint(step, head)
     head.eval().requires_grad_(False)
     head = head.to(device=device, dtype=cast(torch.Tensor, target.get_input_embeddings().weight).dtype)
     acceptance = evaluate(target, head, encoded_eval, max_new_tokens=config.max_new_tokens,
@@ -322,12 +367,22 @@ def train(
                      dtype=getattr(torch, config.save_dtype))  # fmt: skip
     seconds = time.perf_counter() - started
     result = TrainResult(out_dir, step, data.num_tokens, seconds, acceptance)
-    _write_card(out_dir, result, config, head_config, target_name, data_name, len(train_prompts), len(eval_prompts))
+    write_card(out_dir, result, config, head_config, target_name, data_name, len(train_prompts), len(eval_prompts))
     return result
 
 
 def _fingerprint(config: TrainConfig, head_config: EagleHeadConfig) -> str:
     return json.dumps({"train": asdict(config), "head": asdict(head_config)}, sort_keys=True, default=str)
+
+
+def _same_settings(saved: str, config: TrainConfig, head_config: EagleHeadConfig) -> bool:
+    """A checkpoint's settings equal these; a field added to TrainConfig since then matches at its default."""
+    now, old = json.loads(_fingerprint(config, head_config)), json.loads(saved)
+    defaults = json.loads(json.dumps(asdict(TrainConfig()), default=str))
+    for key, value in now["train"].items():
+        if key not in old.get("train", {}) and value == defaults[key]:
+            old.setdefault("train", {})[key] = value
+    return bool(old == now)
 
 
 def _save_checkpoint(path: Path, head, optimizer, step, config, head_config) -> None:
@@ -342,48 +397,8 @@ def _resume(path: Path, head, optimizer, config, head_config) -> int:
     if not path.is_file():
         return 0
     saved = torch.load(path, map_location="cpu", weights_only=True)
-    if saved.get("fingerprint") != _fingerprint(config, head_config):
+    if not _same_settings(saved.get("fingerprint", "{}"), config, head_config):
         raise TrainingError(f"{path} was written with other settings; delete it (or the work dir) to start over")
     head.load_state_dict(saved["head"], strict=False)
     optimizer.load_state_dict(saved["optimizer"])
     return int(saved["step"])
-
-
-def _write_card(out_dir: Path, result: TrainResult, config: TrainConfig, head_config: EagleHeadConfig,
-                target_name: str, data_name: str, n_train: int, n_eval: int) -> None:  # fmt: skip
-    acc = result.acceptance
-    facts = {
-        "target": target_name or "unknown",
-        "data": data_name or "prompts passed to train()",
-        "train_prompts": n_train,
-        "held_out_prompts": n_eval,
-        "train_tokens_per_epoch": result.train_tokens,
-        "steps": result.steps,
-        "seconds": round(result.seconds, 1),
-        "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
-        f"cpu capability {torch.backends.cpu.get_cpu_capability()}",
-        "acceptance": acc,
-        "train_config": asdict(config),
-        "head": {"target_layers": list(head_config.target_layers), "draft_vocab_size": head_config.draft_vocab_size,
-                 "hidden_size": head_config.hidden_size, "intermediate_size": head_config.intermediate_size},
-    }  # fmt: skip
-    (out_dir / "training.json").write_text(json.dumps(facts, indent=2, default=str) + "\n")
-    lines = [
-        f"# EAGLE-3 draft head for {facts['target']}",
-        "",
-        "Trained with `specdec train-draft` (specdec.drafts.eagle.train); speculators format "
-        "(`config.json` + `model.safetensors`), loadable with `specdec.drafts.eagle.load_head`.",
-        "",
-        f"- Data: {facts['data']}: {n_train} prompts answered by the target ({result.train_tokens} tokens), "
-        f"{n_eval} held out",
-        f"- Training: {result.steps} steps, {config.epochs} epochs, unroll {config.unroll}, seed {config.seed}, "
-        f"{result.seconds:.0f} s on {facts['machine']}",
-        f"- Head: layers {list(head_config.target_layers)}, draft vocabulary {head_config.draft_vocab_size} "
-        f"of {head_config.vocab_size}",
-        f"- Held-out greedy acceptance (k={config.num_draft_tokens}): conditional "
-        f"{acc.get('conditional_acceptance', float('nan')):.3f}, "
-        f"per drafted token {acc.get('acceptance_rate', float('nan')):.3f}, "
-        f"{acc.get('mean_accepted_per_step', float('nan')):.2f} tokens per target step",
-        "",
-    ]
-    (out_dir / "README.md").write_text("\n".join(lines))
