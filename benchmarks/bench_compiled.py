@@ -147,6 +147,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2, help="end-to-end rounds")
     parser.add_argument("--pass-rounds", type=int, default=9, help="rounds of the pass timings")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    parser.add_argument(
+        "--dtype", default="float32", choices=("float32", "bfloat16"),
+        help="the target's dtype (bfloat16: where the CPU has it natively, avx512_bf16 or AMX)",
+    )  # fmt: skip
     parser.add_argument("--prompt-lookup-tokens", type=int, default=10, help="HF prompt_lookup_num_tokens")
     parser.add_argument("--cache-dir", default=None, help="inductor's cache (default ~/.cache/specdec/inductor)")
     parser.add_argument("--no-autotune", action="store_true", help="compile without GEMM autotuning")
@@ -168,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     env = environment("cpu")
     print(machine_line(env), flush=True)
-    target, tokenizer = load_model(args.target, dtype="float32", device="cpu", quiet=True)
+    dtype = getattr(torch, args.dtype)
+    target, tokenizer = load_model(args.target, dtype=args.dtype, device="cpu", quiet=True)
 
     widths = tuple(int(w) for w in args.widths.split(","))
     cache_dir = Path(args.cache_dir) if args.cache_dir else None
@@ -184,13 +189,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"waiting for the lock on {args.lock}", flush=True)
         fcntl.flock(lock, fcntl.LOCK_EX)
     context = chat_ids(tokenizer, PROMPTS[0].text)[0]
-    bandwidth = gemv_bandwidth(torch.float32)
+    bandwidth = gemv_bandwidth(dtype)
     passes = pass_times(compiled, context, args.pass_rounds)
-    floor = products_floor(target, (1, 9), args.pass_rounds) if torch._C.has_mkl else {}
+    # MKL's prepacked products are float32 only (bfloat16 products go to oneDNN).
+    floor = products_floor(target, (1, 9), args.pass_rounds) if torch._C.has_mkl and dtype == torch.float32 else {}
     result: dict[str, Any] = {
         "environment": env,
         "target": args.target or "SmolLM2-135M-Instruct",
-        "dtype": "float32",
+        "dtype": args.dtype,
         "context_tokens": int(context.shape[0]),
         "build_s": build_s,
         "compile_s": {f"rows={s.rows} width={s.width} slots={s.read_len}": t for s, t in static.compile_s.items()},
@@ -233,14 +239,15 @@ def main(argv: list[str] | None = None) -> int:
     if not args.quick:
         out = Path(args.out_dir)
         result["passes"] = {system: {str(w): t for w, t in table_.items()} for system, table_ in passes.items()}
-        write_json(result, out / "bench_compiled.json")
-        (out / "bench_compiled.md").write_text(
+        stem = "bench_compiled" if dtype == torch.float32 else f"bench_compiled_{args.dtype}"
+        write_json(result, out / f"{stem}.json")
+        (out / f"{stem}.md").write_text(
             "# Compiled static path: measurements\n\n"
             "Written by `benchmarks/bench_compiled.py`; one process, interleaved, medians. "
             "The machine is shared with other jobs: the numbers are noisy.\n\n"
             f"```\n{text}\n```\n\n```\n{table}\n```\n"
         )
-        print(f"wrote {out / 'bench_compiled.json'} and {out / 'bench_compiled.md'}")
+        print(f"wrote {out / (stem + '.json')} and {out / (stem + '.md')}")
     return 0
 
 

@@ -39,7 +39,7 @@ from transformers import PreTrainedModel
 from .cache import CausalLMAdapter, text_config
 from .errors import UnsupportedModelError
 from .kv import READ_QUANTUM, RowKVCache, build_plan
-from .packed import SPANS_KWARG, PackedSpans, enable_packed_attention, packed_refusal
+from .packed import GROUPED_KWARG, SPANS_KWARG, PackedSpans, enable_packed_attention, packed_refusal
 
 __all__ = ["BatchedTarget", "Layout", "Segment", "TargetRunner"]
 
@@ -125,13 +125,23 @@ class BatchedTarget:
         # Packed attention runs one padded SDPA call when rows x width <= attention_gather x real tokens, else
         # one call per row (None: always per row).
         self.attention_gather: float | None = 2.0
-        refusal = packed_refusal(model) if layout != "rectangle" else "the rectangle layout was asked for"
+        sdpa_refusal = packed_refusal(model)
+        refusal = sdpa_refusal if layout != "rectangle" else "the rectangle layout was asked for"
         if refusal is not None and layout == "packed":
             raise UnsupportedModelError(f"{name} cannot take the packed layout: {refusal}")
         self.layout: Layout = "rectangle" if refusal is not None else "packed"
         self.layout_reason = refusal or "the model runs SDPA attention through transformers' AttentionInterface"
-        if self.layout == "packed":
+        # Keywords for the model's attention in rectangle passes (eager and compiled): grouped-query
+        # attention without repeated keys and values (specdec.packed.grouped_attention), for SDPA models.
+        self.attention_kwargs: dict[str, Any] = {}
+        if sdpa_refusal is None:
             enable_packed_attention()
+            groups = int(getattr(config, "num_attention_heads", 1) or 1) // int(
+                getattr(config, "num_key_value_heads", None) or getattr(config, "num_attention_heads", 1) or 1
+            )
+            if groups > 1:
+                self.attention_kwargs[GROUPED_KWARG] = True
+        if self.layout == "packed":
             try:
                 self._probe()
             except UnsupportedModelError as exc:
@@ -139,7 +149,13 @@ class BatchedTarget:
                     raise
                 self.layout, self.layout_reason = "rectangle", f"the packed layout failed its probe: {exc}"
         if self.layout == "rectangle":
-            self._probe()
+            try:
+                self._probe()
+            except (UnsupportedModelError, TypeError):
+                if not self.attention_kwargs:
+                    raise
+                self.attention_kwargs = {}  # a model that does not pass the keyword on: repeated keys and values
+                self._probe()
         _log.debug("%s: %s layout (%s)", name, self.layout, self.layout_reason)
 
     @property
@@ -189,7 +205,7 @@ class BatchedTarget:
             dtype=self.dtype, device=self.device,
         )
         mask = self.attention_mask(plan.masks)
-        kwargs = {self.cache_kwarg: self.cache, "use_cache": True}
+        kwargs = {self.cache_kwarg: self.cache, "use_cache": True, **self.attention_kwargs}
         wanted = max((lengths[s.row] for s in segments if s.logits), default=0)
         if self.keeps_logits:
             kwargs["logits_to_keep"] = torch.arange(max(wanted, 1), device=self.device)

@@ -110,12 +110,14 @@ class RowKVLayer(CacheLayerMixin):
             keys[where] = key_states[0].transpose(0, 1).to(keys.dtype)
             values[where] = value_states[0].transpose(0, 1).to(values.dtype)
             return keys[:rows, :, : plan.read_len], values[:rows, :, : plan.read_len]
-        index = cast(torch.Tensor, plan.write_index)[:, None, :, None]  # [rows, 1, width, 1]
-        # set by lazy_initialization above
-        keys, values = cast(torch.Tensor, self.keys)[:rows], cast(torch.Tensor, self.values)[:rows]
-        keys.scatter_(2, index.expand(-1, keys.shape[1], -1, keys.shape[-1]), key_states.to(keys.dtype))
-        values.scatter_(2, index.expand(-1, values.shape[1], -1, values.shape[-1]), value_states.to(values.dtype))
-        return keys[:, :, : plan.read_len], values[:, :, : plan.read_len]
+        # One index_put_ on the whole buffer (not a scatter_ on a row slice): compiled, it stays in place
+        # and writes only the pass's slots; a scatter_ on a slice of a graph input copied the whole slice.
+        slots = cast(torch.Tensor, plan.write_index)  # [rows, width]
+        row_ids = torch.arange(rows, device=slots.device)[:, None].expand_as(slots)
+        keys, values = cast(torch.Tensor, self.keys), cast(torch.Tensor, self.values)  # set by lazy_initialization
+        keys[row_ids, :, slots] = key_states.transpose(1, 2).to(keys.dtype)  # [rows, width, heads, dim]
+        values[row_ids, :, slots] = value_states.transpose(1, 2).to(values.dtype)
+        return keys[:rows, :, : plan.read_len], values[:rows, :, : plan.read_len]
 
     def grow(self, max_rows: int, max_len: int) -> None:
         """Reallocate for more rows or slots, keeping what is stored (the scratch slot moves to the end)."""

@@ -53,10 +53,22 @@ from transformers import AttentionInterface, PreTrainedModel
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-__all__ = ["SPANS_KWARG", "PackedSpans", "enable_packed_attention", "packed_attention", "packed_refusal"]
+__all__ = [
+    "GROUPED_KWARG",
+    "SPANS_KWARG",
+    "PackedSpans",
+    "enable_packed_attention",
+    "grouped_attention",
+    "packed_attention",
+    "packed_refusal",
+]
 
 #: The forward keyword that carries a pass's :class:`PackedSpans` to the attention function.
 SPANS_KWARG = "specdec_spans"
+#: The forward keyword of specdec's rectangle passes (eager and compiled): attention may run grouped.
+GROUPED_KWARG = "specdec_grouped"
+#: Attention keywords that change what SDPA computes: a call carrying one is left to the wrapped function.
+_NOT_GROUPED = ("softcap", "position_bias", "s_aux", "sinks")
 
 
 @dataclass(frozen=True)
@@ -86,6 +98,8 @@ def packed_attention(
     """
     packed: PackedSpans | None = kwargs.pop(SPANS_KWARG, None)
     if packed is None:
+        if kwargs.pop(GROUPED_KWARG, False):
+            return grouped_attention(module, query, key, value, attention_mask, **kwargs)
         return _wrapped(module, query, key, value, attention_mask, **kwargs)
     assert attention_mask is not None and query.shape[0] == 1, "a packed pass brings its 4-D mask and one sequence"
     if packed.token_rows is not None and packed.token_columns is not None:
@@ -93,11 +107,11 @@ def packed_attention(
         where = (packed.token_rows, slice(None), packed.token_columns)
         square = query.new_zeros(rows, query.shape[1], width, query.shape[-1])  # [rows, heads, width, dim]
         square[where] = query[0].transpose(0, 1)  # [T, heads, dim] into their (row, column)
-        out, _ = _wrapped(module, square, key, value, attention_mask, **kwargs)  # [rows, width, heads, dim]
+        out, _ = grouped_attention(module, square, key, value, attention_mask, **kwargs)  # [rows, width, heads, dim]
         return out[packed.token_rows, packed.token_columns][None], None  # [1, T, heads, dim]
     outputs = []
     for row, offset, tokens, end in packed.spans:
-        out, _ = _wrapped(
+        out, _ = grouped_attention(
             module,
             query[:, :, offset : offset + tokens],  # [1, heads, n, dim]
             key[row : row + 1, :, :end],  # [1, kv_heads, end, dim]
@@ -107,6 +121,47 @@ def packed_attention(
         )
         outputs.append(out)  # [1, n, heads, dim]
     return torch.cat(outputs, dim=1), None
+
+
+def grouped_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """SDPA for grouped-query attention that reads each key/value head once, or the wrapped function.
+
+    transformers' SDPA path repeats the keys and values of every group (``repeat_kv``: a copy of
+    the slots read, once per query head sharing them) whenever a mask is given and more than one
+    query token comes (always, once compiled). Here the query heads of a group become extra query
+    rows of their key/value head instead: query ``[b, heads, t, dim]`` is viewed as
+    ``[b, kv_heads, groups * t, dim]`` and the mask (shared by all heads) is repeated over the
+    groups, which is the same arithmetic per query row. The call goes to the wrapped function
+    unchanged when there are no groups, no 4-D mask shared by the heads, dropout, or a keyword
+    that changes the attention (:data:`_NOT_GROUPED`).
+    """
+    groups = int(getattr(module, "num_key_value_groups", 1) or 1)
+    if (
+        groups == 1
+        or _wrapped is not sdpa_attention_forward
+        or attention_mask is None
+        or attention_mask.dim() != 4
+        or attention_mask.shape[1] != 1
+        or kwargs.get("dropout", 0.0)
+        or kwargs.get("output_attentions")
+        or any(kwargs.get(name) is not None for name in _NOT_GROUPED)
+    ):
+        return _wrapped(module, query, key, value, attention_mask, **kwargs)
+    batch, heads, tokens, _ = query.shape
+    rows, _, _, slots = attention_mask.shape
+    grouped_query = query.reshape(batch, key.shape[1], groups * tokens, query.shape[-1])
+    mask = attention_mask[:, :, None].expand(rows, 1, groups, tokens, slots).reshape(rows, 1, groups * tokens, slots)
+    out = torch.nn.functional.scaled_dot_product_attention(
+        grouped_query, key, value, attn_mask=mask, scale=kwargs.get("scaling")
+    )  # [batch, kv_heads, groups * tokens, dim]
+    return out.reshape(batch, heads, tokens, value.shape[-1]).transpose(1, 2).contiguous(), None
 
 
 #: The function registered as ``"sdpa"`` before :func:`enable_packed_attention` (transformers' own).

@@ -294,7 +294,7 @@ class StaticTarget:
     def _run(self, input_ids: torch.Tensor, positions: torch.Tensor, mask: Any, keep: int) -> torch.Tensor:
         """The model's forward over the cache: the function that gets compiled."""
         target = self.target
-        kwargs: dict[str, Any] = {target.cache_kwarg: target.cache, "use_cache": True}
+        kwargs: dict[str, Any] = {target.cache_kwarg: target.cache, "use_cache": True, **target.attention_kwargs}
         if target.keeps_logits:
             kwargs["logits_to_keep"] = keep
         return target.model(input_ids=input_ids, position_ids=positions, attention_mask=mask, **kwargs).logits

@@ -6,7 +6,8 @@ dozens, rows listed out of order, rollbacks, prefill chunks without logits);
 the packed and rectangle layouts agree; the engine stays exact when a row is
 admitted into a low slot while higher slots verify wide blocks; the step
 budget is shared by the rows of a packed pass; the layout choice and its
-reason are visible; the registered attention function changes no other call's output.
+reason are visible; the registered attention function changes no other call's output; grouped-query
+attention without repeated keys and values equals transformers' own.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from specdec import InvalidArgumentError, SpeculativeGenerator, UnsupportedModelError
 from specdec.batch_target import BatchedTarget, Segment
 from specdec.drafts import ModelDrafter, NGramDrafter
-from specdec.packed import packed_attention
+from specdec.packed import GROUPED_KWARG, grouped_attention, packed_attention
 
 from conftest import build_model, make_prompt
 
@@ -157,3 +158,43 @@ def test_the_packed_attention_changes_no_other_call():
     assert model.config._attn_implementation == "sdpa"  # the model's configuration is untouched
     assert torch.equal(model.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=12), before)
     assert torch.equal(model(input_ids=ids, attention_mask=mask).logits, logits)
+
+
+class _Heads(torch.nn.Module):
+    def __init__(self, groups: int) -> None:
+        super().__init__()
+        self.num_key_value_groups = groups
+
+
+@pytest.mark.parametrize("groups,tokens", [(3, 1), (3, 9), (4, 5), (1, 4)])
+def test_grouped_attention_equals_repeated_keys_and_values(groups, tokens):
+    """Query heads folded into rows of their key/value head: the same output as transformers' repeat_kv path."""
+    torch.manual_seed(groups * 10 + tokens)
+    rows, kv_heads, slots, dim = 3, 2, 40, 16
+    query = torch.randn(rows, kv_heads * groups, tokens, dim, dtype=torch.float64)
+    key, value = (torch.randn(rows, kv_heads, slots, dim, dtype=torch.float64) for _ in range(2))
+    visible = torch.rand(rows, 1, tokens, slots) < 0.6
+    visible[..., 0] = True  # every query sees a slot
+    mask = torch.zeros(visible.shape, dtype=torch.float64).masked_fill_(~visible, torch.finfo(torch.float64).min)
+    module = _Heads(groups)
+    expected, _ = sdpa_attention_forward(module, query, key, value, mask, scaling=0.3)
+    got, _ = grouped_attention(module, query, key, value, mask, scaling=0.3)
+    assert got.shape == expected.shape == (rows, tokens, kv_heads * groups, dim)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    assert got.is_contiguous()
+
+
+def test_rectangle_passes_of_a_grouped_query_model_ask_for_grouped_attention(tiny_lm):
+    """A GQA model (4 query heads on 2 key/value heads) gets the keyword, and its passes stay exact."""
+    model = tiny_lm("llama")
+    assert model.config.num_attention_heads > model.config.num_key_value_heads
+    target = BatchedTarget(model, layout="rectangle")
+    assert target.attention_kwargs == {GROUPED_KWARG: True}
+    ids = make_prompt(15, seed=5)[0]
+    plain = model(input_ids=ids[None]).logits[0]
+    target.ensure(1, 16)
+    first = target.forward([Segment(0, 0, ids[:10])])[0]
+    second = target.forward([Segment(0, 10, ids[10:])])[0]
+    torch.testing.assert_close(torch.cat([first, second]), plain, rtol=1e-4, atol=1e-4)
+    eager = BatchedTarget(tiny_lm("gemma2", sliding_window=4), layout="rectangle")  # eager attention: no keyword
+    assert eager.attention_kwargs == {}
