@@ -6,10 +6,12 @@ shapes (:class:`StepShape`):
 
 - rows: the next power of two (a padding row brings no tokens and writes only
   the scratch slot);
-- columns: the next of ``widths`` (default 1, 3, 5, 9, 16: the one-token
-  step and verify passes of k = 2, 4, 8 and up to 15 drafts, and the prefill
-  chunks fused with them; a longer prefill alone runs in one eager pass,
-  where a wide product is compute-bound and MKL does well);
+- columns: the next of ``widths`` (default 1, 9, 16: the one-token step,
+  verify passes of up to 8 and up to 15 drafts, and the prefill chunks fused
+  with them; with prepacked weights a 9-token pass costs little more than a
+  3-token one, so fewer shapes mean less compile time for little loss; a
+  longer prefill alone runs in one eager pass, where a wide product is
+  compute-bound);
 - slots read: the cache's whole capacity (fixed per process unless a longer
   request grows it), so the slots read never add a shape;
 - logits kept: every column when a segment wants logits, else one.
@@ -25,14 +27,23 @@ segment where its accepted tokens end, and the slots after it are
 overwritten; the one host sync per step is reading the logits back to verify.
 
 Kernels. CPU: inductor with ``freezing``: the weights become constants, so
-every product runs on MKL's prepacked weights (``mkl._mkl_linear``, packed
-once per shape at compile time), and products that share their input (q, k,
-v; gate and up) are concatenated into one (``cpp.enable_concat_linear``):
-fewer, wider products read the weights closer to the memory bandwidth.
+every product runs on prepacked weights (packed once per shape at compile
+time), and products that share their input (q, k, v; gate and up) are
+concatenated into one (``cpp.enable_concat_linear``): fewer, wider products
+read the weights closer to the memory bandwidth. float32 products run on MKL
+or oneDNN, whichever :mod:`specdec.cpu_gemm` measures faster on this CPU at
+the shape's row count (bfloat16 always on oneDNN). On MKL shapes
 ``max_autotune`` (without CUDA graphs) lets inductor try its C++ micro-GEMM
 template against MKL for each product. The price of freezing is memory: each
 compiled shape holds its own packed copy of the weights. CUDA: the same with
 CUDA graphs and without GEMM autotuning (minutes per shape on a large model).
+
+Attention reads the cache where it lies: a pass writes its keys and values
+with one in-place ``index_put_`` per layer, and grouped-query models fold
+their query heads into rows of the shared key/value heads
+(:func:`specdec.packed.grouped_attention`) instead of repeating the keys and
+values per head. Both were copies of every slot read, in every layer and step
+(on SmolLM2-135M at 512 slots, fp32: 67.8 -> 48.9 ms per one-token step).
 
 Fallbacks, each said once on stderr: a pass wider than the widest static
 width runs eagerly on the same cache; passes that capture hidden states (an
@@ -43,24 +54,26 @@ path ran (the tests compare it with the target's own ``generate``).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
+from . import cpu_gemm
 from .batch_target import BatchedTarget, Segment
 from .errors import InvalidArgumentError
 from .kv import build_plan
 
 __all__ = ["VERIFY_WIDTH_LIMIT", "StaticConfig", "StaticTarget", "StepShape", "default_cache_dir"]
 
-DEFAULT_WIDTHS = (1, 3, 5, 9, 16)
+DEFAULT_WIDTHS = (1, 9, 16)
 #: Widths up to this are timed as verify passes (every column's logits); wider ones as prefill chunks.
 VERIFY_WIDTH_LIMIT = 16
 
@@ -81,7 +94,9 @@ class StaticConfig:
     grows the cache, a copy, and compiles its shapes again). ``autotune``:
     inductor's GEMM autotuning on CPU. ``warmup``: compile and time every
     width for one row when the generator is built, and price ``"auto"`` draft
-    lengths with those times.
+    lengths with those times. ``gemm``: the library of the float32 products
+    on CPU (:mod:`specdec.cpu_gemm`): ``"auto"`` measures MKL against oneDNN
+    per shape on this machine and takes the faster.
     """
 
     compile: bool = True
@@ -90,6 +105,7 @@ class StaticConfig:
     autotune: bool = True
     warmup: bool = True
     cache_dir: Path | None = field(default=None)
+    gemm: Literal["auto", "mkl", "onednn"] = "auto"
 
     def __post_init__(self) -> None:
         widths = self.widths
@@ -99,6 +115,8 @@ class StaticConfig:
             raise InvalidArgumentError(f"StaticConfig.widths must be increasing without repeats, got {widths!r}")
         if isinstance(self.max_len, bool) or not isinstance(self.max_len, int) or self.max_len < 1:
             raise InvalidArgumentError(f"StaticConfig.max_len must be an integer >= 1, got {self.max_len!r}")
+        if self.gemm not in ("auto", "mkl", "onednn"):
+            raise InvalidArgumentError(f"StaticConfig.gemm must be 'auto', 'mkl' or 'onednn', got {self.gemm!r}")
 
 
 @dataclass(frozen=True)
@@ -157,6 +175,9 @@ class StaticTarget:
         self._graphs = self.device.type == "cuda"
         self._step: Callable[..., torch.Tensor] = self._run
         self._inductor_options: dict[str, Any] = {}
+        self.libraries: dict[int, cpu_gemm.Library] = {}  # float32 CPU products: rows -> library (measured)
+        self.library_times: dict[int, dict[cpu_gemm.Library, float]] = {}  # rows -> seconds per library
+        self._tags: dict[str, Any] = {}
         self.cache_dir: Path | None = None
         if self.compiled:
             reason = _compile_unsupported()
@@ -320,24 +341,19 @@ class StaticTarget:
             options["triton.cudagraphs"] = True
         elif self.config.autotune:
             options["max_autotune"] = True
-        # `torch.compile(options=...)` does not reach the freezing switch (compile_fx reads
-        # `config.freezing` outside the options' scope): without this patch the weights stay graph
-        # inputs and no product gets MKL's prepacked weights. Compiles happen at a shape's first call.
-        self._inductor_options = options
+        self._inductor_options = options  # applied by _compiling at every call: a compile happens at a shape's first
         return torch.compile(self._run, dynamic=False, options=options)
 
     def _call(self, shape: StepShape, inputs: _StepInputs) -> torch.Tensor:
         mask = self.target.attention_mask(inputs.masks)
         if not self.compiled:
             return self._run(inputs.input_ids, inputs.positions, mask, shape.keep)
-        from torch._inductor import config as inductor_config
-
         if shape in self._started:
-            with inductor_config.patch(self._inductor_options):  # a recompile (a guard failed) freezes too
+            with self._compiling(shape):  # a recompile (a guard failed) compiles as the first did
                 return self._step(inputs.input_ids, inputs.positions, mask, shape.keep)
         started = time.perf_counter()
         try:
-            with inductor_config.patch(self._inductor_options):
+            with self._compiling(shape):
                 logits = self._step(inputs.input_ids, inputs.positions, mask, shape.keep)
         except Exception as exc:  # noqa: BLE001 - any compiler failure: say it once, run eagerly from now on
             first = (str(exc).strip().splitlines() or [""])[0][:160]
@@ -346,11 +362,51 @@ class StaticTarget:
         seconds = time.perf_counter() - started
         self._started.add(shape)
         self.compile_s[shape] = seconds
+        times = self.library_times.get(shape.rows * shape.width)
+        products = ""
+        if times:
+            measured = ", ".join(f"{lib} {t * 1e3:.1f} ms" for lib, t in times.items())
+            products = f"; float32 products on {self.library_for(shape)}, measured here: {measured}"
         self.log(
             f"specdec: compiled the target's step rows={shape.rows} width={shape.width} slots={shape.read_len} "
-            f"logits={shape.keep} in {seconds:.1f} s (cache: {self.cache_dir})"
+            f"logits={shape.keep} in {seconds:.1f} s (cache: {self.cache_dir}{products})"
         )
         return logits
+
+    def library_for(self, shape: StepShape) -> cpu_gemm.Library:
+        """The library of this shape's float32 products on CPU: configured, or measured here once per row count."""
+        if self.device.type != "cpu" or self.target.dtype != torch.float32:
+            return "mkl"  # inductor's own choice: oneDNN for bfloat16 and float16, cuBLAS/Triton on a GPU
+        if self.config.gemm != "auto":
+            return self.config.gemm
+        rows = shape.rows * shape.width
+        if rows not in self.libraries:
+            chosen, times = cpu_gemm.choose_library(self.target.model, rows)
+            self.libraries[rows] = chosen
+            self.library_times[rows] = times
+        return self.libraries[rows]
+
+    @contextlib.contextmanager
+    def _compiling(self, shape: StepShape) -> Iterator[None]:
+        """What a compile of ``shape`` runs under: freezing and the other options, the products' library.
+
+        `torch.compile(options=...)` does not reach the freezing switch (compile_fx reads
+        `config.freezing` outside the options' scope), so every call runs inside the patch: without
+        it the weights stay graph inputs and no product gets prepacked weights. A shape packed for
+        oneDNN compiles without GEMM autotuning (the autotuner times products on weights hot in the
+        caches, where a step streams them from memory), and with the library in inductor's cache key.
+        """
+        from torch._inductor import config as inductor_config
+
+        library = self.library_for(shape)
+        options = self._inductor_options
+        if library == "onednn":
+            if library not in self._tags:
+                self._tags[library] = cpu_gemm.cache_tag(library)
+            options = {k: v for k, v in options.items() if k != "max_autotune"}
+            options["post_grad_custom_pre_pass"] = self._tags[library]
+        with inductor_config.patch(options), cpu_gemm.packing(library):
+            yield
 
     def _inputs_for(self, shape: StepShape) -> _StepInputs:
         inputs = self._inputs.get(shape)

@@ -11,14 +11,16 @@ two on a cold cache), and a compiler that fails falls back with one line.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
-from specdec import InvalidArgumentError, SpeculativeGenerator, StaticConfig
+from specdec import InvalidArgumentError, SpeculativeGenerator, StaticConfig, cpu_gemm
 from specdec.drafts import NGramDrafter, OracleDrafter
-from specdec.static_target import StaticTarget
+from specdec.static_target import StaticTarget, StepShape
 
-from conftest import hf_greedy, make_prompt
+from conftest import build_model, hf_greedy, make_prompt
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -125,6 +127,7 @@ def test_compile_argument_is_checked_before_model_work(value, message, tiny_lm):
         ({"widths": ()}, ">= 1"),
         ({"widths": (0, 4)}, ">= 1"),
         ({"max_len": 0}, "max_len"),
+        ({"gemm": "blas"}, "gemm"),
     ],
 )
 def test_static_config_is_validated(kwargs, message):
@@ -133,20 +136,30 @@ def test_static_config_is_validated(kwargs, message):
 
 
 @pytest.mark.slow
-def test_compiled_greedy_equals_generate(tiny_lm, tmp_path):
+@pytest.mark.parametrize("gemm", ["mkl", "onednn"])
+def test_compiled_greedy_equals_generate(gemm, tiny_lm, tmp_path):
     """A real torch.compile (inductor, freezing) of one width: the same tokens as generate.
 
     Two shapes compile, each said once: the prompt's prefill chunk (8 columns, no logits) and the verify
-    passes (8 columns, every column's logits).
+    passes (8 columns, every column's logits). Each float32 products' library, as asked.
     """
-    target = tiny_lm("llama")
+    if not torch._C.has_mkl or not cpu_gemm.onednn_packing_available():
+        pytest.skip("this torch lacks MKL or oneDNN packing")
+    # A model of its own: dynamo keeps compiled code per function and guards on the model, so a second
+    # compile of the same model in this process would reuse the first's graph.
+    target = build_model("llama", seed={"mkl": 41, "onednn": 42}[gemm])
     prompt = make_prompt(9, seed=4)
     new = 24
     expected = _reference(target, prompt, new)
     lines: list[str] = []
-    config = StaticConfig(widths=(8,), max_len=64, autotune=False, warmup=False, cache_dir=tmp_path / "inductor")
+    config = StaticConfig(
+        widths=(8,), max_len=64, autotune=False, warmup=False, cache_dir=tmp_path / "inductor", gemm=gemm
+    )
     gen = SpeculativeGenerator(target, OracleDrafter(expected, 0.6, seed=2, num_draft_tokens=4), compile=config)
     gen.target.log = lines.append
+    from torch._inductor.codecache import PyCodeCache
+
+    loaded = len(PyCodeCache.modules)
     out = gen.generate(prompt, max_new_tokens=new)
     assert out.sequences[0].tolist() == expected.tolist()
     assert gen.target.compiled, lines
@@ -155,11 +168,32 @@ def test_compiled_greedy_equals_generate(tiny_lm, tmp_path):
         "specdec: compiled the target's step rows=1 width=8 slots=256 logits=1",
         "specdec: compiled the target's step rows=1 width=8 slots=256 logits=8",
     ]
-    # Freezing took effect: the weights are constants of the generated code (MKL packs them once), not inputs
-    # of every call. (`torch.compile(options={"freezing": True})` alone leaves them inputs.)
-    generated = [p.read_text() for p in (tmp_path / "inductor").rglob("*.py")]
+    # Freezing took effect: the weights are constants of the generated code (packed once), not inputs of
+    # every call. (`torch.compile(options={"freezing": True})` alone leaves them inputs.) The products call
+    # the library asked for. (The code inductor loaded for these steps: where it writes it is decided once a
+    # process, so this test's cache_dir holds it only when it runs first.)
+    generated = [Path(module.__file__).read_text() for module in PyCodeCache.modules[loaded:]]
     steps = [code for code in generated if "def call(" in code]
     assert steps and all("_frozen_param" in code for code in steps), "weights were not frozen"
+    product = {"mkl": "mkl._mkl_linear", "onednn": "mkldnn._linear_pointwise"}[gemm]
+    other = {"mkl": "mkldnn._linear_pointwise", "onednn": "mkl._mkl_linear"}[gemm]
+    assert all(product in code and other not in code for code in steps), gemm
+
+
+def test_the_float32_products_library_is_measured_on_this_cpu(tiny_lm):
+    """`gemm="auto"` times both libraries' prepacked products on this machine and takes the faster."""
+    if not torch._C.has_mkl or not cpu_gemm.onednn_packing_available():
+        pytest.skip("this torch lacks MKL or oneDNN packing")
+    model = tiny_lm("llama")
+    chosen, times = cpu_gemm.choose_library(model, 9)
+    assert set(times) == {"mkl", "onednn"} and all(t > 0 for t in times.values())
+    assert chosen == min(times, key=times.get)
+    static = SpeculativeGenerator(model, NGramDrafter(), compile=StaticConfig(compile=False, warmup=False)).target
+    assert static.library_for(StepShape(rows=1, width=9, read_len=64, keep=9)) in ("mkl", "onednn")
+    first = static.library_times[9]
+    assert set(first) == {"mkl", "onednn"}
+    static.library_for(StepShape(rows=1, width=9, read_len=64, keep=1))  # the same rows: measured once
+    assert static.library_times[9] is first
 
 
 @pytest.mark.parametrize("command", [["generate", "hello"], ["serve", "--http", "127.0.0.1:0"]])
