@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-from specdec import SpeculativeGenerator, StaticConfig
+from specdec import SpeculativeGenerator, StaticConfig, cpu_gemm
 from specdec.batch_target import Segment
 from specdec.bench import PROMPTS, environment, progress_bar, real_table, run_real, write_json
 from specdec.bench.harness import gemv_bandwidth, time_forward, weight_bytes
@@ -82,39 +82,15 @@ def pass_times(gen: SpeculativeGenerator, context: torch.Tensor, rounds: int, se
     return table
 
 
-@torch.inference_mode()
-def products_floor(model: torch.nn.Module, rows: tuple[int, ...], rounds: int) -> dict[int, float]:
-    """Median seconds of the model's products alone, as the compiled step runs them: MKL-prepacked weights,
-    q|k|v and gate|up concatenated (Llama-style names), the output projection included.
+def products_floor(model: torch.nn.Module, rows: tuple[int, ...], rounds: int) -> dict[str, dict[int, float]]:
+    """Median seconds of the model's float32 products alone, as a compiled step runs them (prepacked weights,
+    q|k|v and gate|up concatenated, the output projection included), on MKL and on oneDNN, by row count.
 
-    The floor a compiled step cannot go below with MKL's kernels: the step minus this is attention,
+    The floor a compiled step cannot go below with these libraries: the step minus this is attention,
     the pointwise kernels and the per-call overhead.
     """
-    groups: dict[str, list[torch.Tensor]] = {}
-    for name, module in model.named_modules():
-        if isinstance(module, torch.nn.Linear):
-            parent, _, leaf = name.rpartition(".")
-            key = {"k_proj": "q_proj", "v_proj": "q_proj", "up_proj": "gate_proj"}.get(leaf, leaf)
-            groups.setdefault(f"{parent}.{key}", []).append(module.weight.detach())
-    weights = [torch.cat(ws) if len(ws) > 1 else ws[0] for ws in groups.values()]
-    result = {}
-    for n in rows:
-        packed = [(torch.ops.mkl._mkl_reorder_linear_weight(w, n), w) for w in weights]
-        x = {int(w.shape[1]): torch.randn(n, int(w.shape[1]), dtype=w.dtype) for w in weights}
-
-        def run(packed=packed, x=x, n=n) -> None:
-            for p, w in packed:
-                torch.ops.mkl._mkl_linear(x[int(w.shape[1])], p, w, None, n)
-
-        run()
-        samples = []
-        for _ in range(rounds):
-            started = time.perf_counter()
-            run()
-            samples.append(time.perf_counter() - started)
-        result[n] = statistics.median(samples)
-        del packed
-    return result
+    libraries = ["mkl", "onednn"] if cpu_gemm.onednn_packing_available() else ["mkl"]
+    return {lib: {n: cpu_gemm.measure_products(model, n, lib, repeats=rounds) for n in rows} for lib in libraries}
 
 
 def passes_table(result: dict[str, Any]) -> str:
@@ -122,10 +98,9 @@ def passes_table(result: dict[str, Any]) -> str:
     read_ms = result["weight_read_s"] * 1e3
     probe = f"GEMV probe {result['gemv_gb_s']:.2f} GB/s"
     lines.append(f"weights {result['weight_mb']:.0f} MB; {probe} -> weight read {read_ms:.1f} ms")
-    floor = result.get("products_floor_s")
-    if floor:
+    for library, floor in (result.get("products_floor_s") or {}).items():
         parts = ", ".join(f"{n} row(s) {t * 1e3:.1f} ms ({t * 1e3 / read_ms:.2f}x read)" for n, t in floor.items())
-        lines.append(f"the products alone (MKL prepacked, q|k|v and gate|up concatenated): {parts}")
+        lines.append(f"the products alone ({library}, prepacked, q|k|v and gate|up concatenated): {parts}")
     if result.get("max_rss_mb"):
         lines.append(f"peak resident memory after compiling: {result['max_rss_mb']:.0f} MB")
     lines.append("width | HF eager ms | ours eager ms | ours compiled ms | compiled / weight read | compiled / 1-token")
@@ -191,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     context = chat_ids(tokenizer, PROMPTS[0].text)[0]
     bandwidth = gemv_bandwidth(dtype)
     passes = pass_times(compiled, context, args.pass_rounds)
-    # MKL's prepacked products are float32 only (bfloat16 products go to oneDNN).
+    # The library choice is a float32 one (inductor runs bfloat16 products on oneDNN).
     floor = products_floor(target, (1, 9), args.pass_rounds) if torch._C.has_mkl and dtype == torch.float32 else {}
     result: dict[str, Any] = {
         "environment": env,
