@@ -296,9 +296,13 @@ def test_disconnect_mid_stream_cancels_generation(server, model_dir):
     assert end["type"] == "end" and end["finish_reason"] == "cancelled"
     assert end["usage"]["completion_tokens"] < budget
     assert _metric(server, "specdec_generations_finished_total", '{reason="cancelled"}') == cancelled_before + 1
-    # A non-streamed request whose client gives up is cancelled too.
+    # A non-streamed request whose client gives up is cancelled too. (Sampled at temperature 1: the random
+    # model's greedy text loops and the drafter copies it, so 1000 greedy tokens took under a second on a
+    # fast machine and could end on their own right after the client hung up; sampled, about one token
+    # per step.)
+    long = {**body, "stream": False, "temperature": 1.0, "seed": 3}
     with pytest.raises(httpx.ReadTimeout):
-        httpx.post(server.url + "/v1/completions", json={**body, "stream": False}, timeout=httpx.Timeout(60, read=0.5))
+        httpx.post(server.url + "/v1/completions", json=long, timeout=httpx.Timeout(60, read=0.5))
     deadline = time.monotonic() + 30
     while _metric(server, "specdec_generations_finished_total", '{reason="cancelled"}') < cancelled_before + 2:
         assert time.monotonic() < deadline, "the abandoned non-streamed generation was not cancelled"

@@ -142,15 +142,23 @@ def test_a_bad_request_gets_an_error_and_the_worker_keeps_serving(worker, tiny_d
 def test_ctrl_c_on_the_client_cancels_within_a_step_and_the_worker_stays(worker, tiny_dir, run_dir, env):
     proc = subprocess.Popen(
         [sys.executable, "-m", "specdec", "generate", "once upon a time", "--target", str(tiny_dir), "--no-chat",
-         "--max-new-tokens", "100000"],
+         "--max-new-tokens", "100000", "--num-draft-tokens", "1"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
+    # Ctrl-C once output arrives, or after a few seconds at most: the tiny model's whole 8k-token context
+    # (the most it can generate) streamed in under 4 s on a fast machine with the default k, so k = 1 keeps
+    # it going for longer, and the signal must not wait for visible text (its output is mostly whitespace
+    # and bytes the detokenizer holds back).
     got = b""
-    deadline = time.monotonic() + 60
-    # Generation is under way once output arrives (the tiny model's text may be mostly whitespace; on a fast
-    # machine its whole 8k-token context takes only seconds, so wait for bytes, not for visible text).
-    while len(got) < 20 and time.monotonic() < deadline:
-        got += os.read(proc.stdout.fileno(), 4096)
+    deadline = time.monotonic() + 5
+    os.set_blocking(proc.stdout.fileno(), False)
+    while len(got) < 20 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+        try:
+            got += os.read(proc.stdout.fileno(), 4096)
+        except BlockingIOError:
+            pass
+    os.set_blocking(proc.stdout.fileno(), True)
     proc.send_signal(signal.SIGINT)
     started = time.monotonic()
     out, err = proc.communicate(timeout=30)
