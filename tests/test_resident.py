@@ -68,6 +68,11 @@ def worker(tiny_dir, env, run_dir):
     _cli(env, "down", "--all")
 
 
+def _default_sigint() -> None:
+    """In the child: Ctrl-C's default disposition (a test run started in the background inherits it ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def socket_path_in(run_dir: Path, tiny_dir: Path) -> Path:
     return run_dir / f"{worker_key(target=str(tiny_dir), draft='ngram', dtype='auto', device=None)}.sock"
 
@@ -139,11 +144,24 @@ def test_a_bad_request_gets_an_error_and_the_worker_keeps_serving(worker, tiny_d
     assert messages[-1]["result"]["stats"]["new_tokens"] == 3
 
 
+def test_a_cancel_that_comes_before_the_connection_is_not_lost(worker, tiny_dir, run_dir):
+    """Ctrl-C between the handler's install and the connection: the generation still stops at once."""
+    client = ResidentClient(socket_path_in(run_dir, tiny_dir))
+    client.cancel()  # no generation in progress yet
+    messages = list(client.generate(["once upon a time", "--no-chat", "--max-new-tokens", "100000"]))
+    result = messages[-1]["result"]
+    assert result["finish_reason"] == "cancelled"
+    assert result["stats"]["new_tokens"] < 1000
+    # and the flag does not outlive that generation
+    again = list(client.generate(["once upon a time", "--no-chat", "--max-new-tokens", "3"]))
+    assert again[-1]["result"]["finish_reason"] == "length"
+
+
 def test_ctrl_c_on_the_client_cancels_within_a_step_and_the_worker_stays(worker, tiny_dir, run_dir, env):
     proc = subprocess.Popen(
         [sys.executable, "-m", "specdec", "generate", "once upon a time", "--target", str(tiny_dir), "--no-chat",
          "--max-new-tokens", "100000", "--num-draft-tokens", "1"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=_default_sigint,
     )  # fmt: skip
     # Ctrl-C once output arrives, or after a few seconds at most: the tiny model's whole 8k-token context
     # (the most it can generate) streamed in under 4 s on a fast machine with the default k, so k = 1 keeps

@@ -32,6 +32,7 @@ class ResidentClient:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._sock: socket.socket | None = None
+        self._cancel_requested = False
 
     def _connect(self, timeout: float | None) -> socket.socket:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -87,10 +88,17 @@ class ResidentClient:
         generation within one step; the events up to there and the result still
         arrive.
         """
-        sock = self._connect(timeout=10.0)
-        self._sock = sock
+        try:
+            sock = self._connect(timeout=10.0)
+        except BaseException:
+            self._cancel_requested = False
+            raise
         try:
             sock.sendall(json.dumps({"v": PROTOCOL_VERSION, "op": "generate", "argv": argv}).encode() + b"\n")
+            self._sock = sock  # from here cancel() shuts it itself
+            if self._cancel_requested:  # cancel() came before: it had no socket to shut yet
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_WR)
             sock.settimeout(None)  # a generation takes as long as it takes; cancel() ends it
             ended = False
             for reply in self._lines(sock):
@@ -104,10 +112,13 @@ class ResidentClient:
                 raise ResidentError("the worker closed the connection before the end of the stream (did it stop?)")
         finally:
             self._sock = None
+            self._cancel_requested = False
             sock.close()
 
     def cancel(self) -> None:
-        """Cancel the generation in progress: shut down the writing half of the connection."""
+        """Cancel the generation in progress, or the one being started: shut down the writing half of the
+        connection (at once, or as soon as :meth:`generate` has sent its request)."""
+        self._cancel_requested = True
         sock = self._sock
         if sock is not None:
             with contextlib.suppress(OSError):
