@@ -28,6 +28,7 @@ the machine it runs on, per row count, never assumed:
 from __future__ import annotations
 
 import contextlib
+import functools
 import statistics
 import time
 from collections.abc import Iterator
@@ -109,11 +110,13 @@ def choose_library(model: torch.nn.Module, rows: int) -> tuple[Library, dict[Lib
     return min(times, key=lambda lib: times[lib]), times
 
 
+@functools.cache
 def cache_tag(library: Library) -> Any:
     """An inductor option value that puts ``library`` into inductor's cache key (``None`` for MKL).
 
     The library is not part of what inductor hashes, so a graph packed for one would be loaded from the
     disk cache for the other. A post-grad pass that does nothing but has the library in its ``uuid`` is.
+    One instance per library (cached): inductor is imported only when a compile asks for it.
     """
     if library == "mkl":
         return None

@@ -103,21 +103,19 @@ class RowKVLayer(CacheLayerMixin):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         plan = self.plan
-        rows = plan.rows
-        if plan.token_rows is not None:
-            keys, values = cast(torch.Tensor, self.keys), cast(torch.Tensor, self.values)
-            where = (plan.token_rows, slice(None), plan.token_slots)  # selects [T, heads, dim]
-            keys[where] = key_states[0].transpose(0, 1).to(keys.dtype)
-            values[where] = value_states[0].transpose(0, 1).to(values.dtype)
-            return keys[:rows, :, : plan.read_len], values[:rows, :, : plan.read_len]
+        if plan.token_rows is not None:  # packed: token t -> (token_rows[t], token_slots[t])
+            row_ids, slots = plan.token_rows, cast(torch.Tensor, plan.token_slots)  # [T]
+            new_keys, new_values = key_states[0].transpose(0, 1), value_states[0].transpose(0, 1)  # [T, heads, dim]
+        else:  # rectangle: column c of row r -> (r, write_index[r, c])
+            slots = cast(torch.Tensor, plan.write_index)  # [rows, width]
+            row_ids = torch.arange(plan.rows, device=slots.device)[:, None].expand_as(slots)
+            new_keys, new_values = key_states.transpose(1, 2), value_states.transpose(1, 2)  # [rows, width, heads, dim]
         # One index_put_ on the whole buffer (not a scatter_ on a row slice): compiled, it stays in place
         # and writes only the pass's slots; a scatter_ on a slice of a graph input copied the whole slice.
-        slots = cast(torch.Tensor, plan.write_index)  # [rows, width]
-        row_ids = torch.arange(rows, device=slots.device)[:, None].expand_as(slots)
         keys, values = cast(torch.Tensor, self.keys), cast(torch.Tensor, self.values)  # set by lazy_initialization
-        keys[row_ids, :, slots] = key_states.transpose(1, 2).to(keys.dtype)  # [rows, width, heads, dim]
-        values[row_ids, :, slots] = value_states.transpose(1, 2).to(values.dtype)
-        return keys[:rows, :, : plan.read_len], values[:rows, :, : plan.read_len]
+        keys[row_ids, :, slots] = new_keys.to(keys.dtype)
+        values[row_ids, :, slots] = new_values.to(values.dtype)
+        return keys[: plan.rows, :, : plan.read_len], values[: plan.rows, :, : plan.read_len]
 
     def grow(self, max_rows: int, max_len: int) -> None:
         """Reallocate for more rows or slots, keeping what is stored (the scratch slot moves to the end)."""

@@ -177,7 +177,6 @@ class StaticTarget:
         self._inductor_options: dict[str, Any] = {}
         self.libraries: dict[int, cpu_gemm.Library] = {}  # float32 CPU products: rows -> library (measured)
         self.library_times: dict[int, dict[cpu_gemm.Library, float]] = {}  # rows -> seconds per library
-        self._tags: dict[str, Any] = {}
         self.cache_dir: Path | None = None
         if self.compiled:
             reason = _compile_unsupported()
@@ -401,10 +400,8 @@ class StaticTarget:
         library = self.library_for(shape)
         options = self._inductor_options
         if library == "onednn":
-            if library not in self._tags:
-                self._tags[library] = cpu_gemm.cache_tag(library)
             options = {k: v for k, v in options.items() if k != "max_autotune"}
-            options["post_grad_custom_pre_pass"] = self._tags[library]
+            options["post_grad_custom_pre_pass"] = cpu_gemm.cache_tag(library)
         with inductor_config.patch(options), cpu_gemm.packing(library):
             yield
 

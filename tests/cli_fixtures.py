@@ -1,7 +1,8 @@
-"""A tiny random Llama saved as an HF folder, for tests that run real ``specdec`` processes."""
+"""A tiny random Llama saved as an HF folder, and a Ctrl-C helper, for tests that run real ``specdec`` processes."""
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import torch
@@ -23,3 +24,9 @@ def save_tiny_model(folder: Path) -> Path:
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def default_sigint() -> None:
+    """``preexec_fn`` for a child that must take Ctrl-C as from a terminal: a test run started in a
+    background job inherits SIGINT ignored, and Python then installs no handler of its own."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

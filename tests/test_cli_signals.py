@@ -15,7 +15,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cli_fixtures import save_tiny_model  # noqa: E402
+from cli_fixtures import default_sigint, save_tiny_model  # noqa: E402
 
 from specdec.streaming.mqtt.broker import find_mosquitto, free_port  # noqa: E402
 
@@ -52,15 +52,9 @@ class _Reader:
         return self.data.decode(errors="replace")
 
 
-def _default_sigint() -> None:
-    # As from a terminal: a test run in a background job inherits SIGINT ignored, and Python
-    # then installs no handler of its own.
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 def _spawn(*argv: str) -> tuple[subprocess.Popen, _Reader, _Reader]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "specdec", *argv], cwd=ROOT, env=ENV, preexec_fn=_default_sigint,
+        [sys.executable, "-m", "specdec", *argv], cwd=ROOT, env=ENV, preexec_fn=default_sigint,
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
     return proc, _Reader(proc.stdout), _Reader(proc.stderr)
