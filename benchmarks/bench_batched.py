@@ -356,8 +356,11 @@ def main(argv: list[str] | None = None) -> int:
     gen_rect = SpeculativeGenerator(target, NGramDrafter(), layout="rectangle")
     gen_nocap = SpeculativeGenerator(target, NGramDrafter(), max_step_tokens=None)
     gen_cap64 = SpeculativeGenerator(target, NGramDrafter(), max_step_tokens=64)
+    gen_torch = SpeculativeGenerator(target, NGramDrafter(), products="torch")
     engines = {"ours-batch": gen, "ours-rect": gen_rect, "ours-nocap": gen_nocap, "ours-solo": gen, "ours-auto": gen,
-               "ours-cap64": gen_cap64}
+               "ours-cap64": gen_cap64, "ours-torch": gen_torch, "ours-auto-torch": gen_torch}
+    print(f"linear products: {gen.target.products.libraries} ({gen.target.products.reason}; "
+          f"measured seconds {gen.target.products.times})", flush=True)
     print(f"layouts: ours-batch {gen.target.layout} ({gen.target.layout_reason}); ours-rect {gen_rect.target.layout}",
           flush=True)
     systems = {
@@ -369,6 +372,8 @@ def main(argv: list[str] | None = None) -> int:
         "ours-cap64": lambda rows: ours_batch(gen_cap64, rows, args.max_new_tokens),
         "ours-auto": lambda rows: ours_batch(gen, rows, args.max_new_tokens, num_draft_tokens="auto"),
         "ours-solo": lambda rows: ours_solo(gen, rows, args.max_new_tokens),
+        "ours-torch": lambda rows: ours_batch(gen_torch, rows, args.max_new_tokens),
+        "ours-auto-torch": lambda rows: ours_batch(gen_torch, rows, args.max_new_tokens, num_draft_tokens="auto"),
     }
     systems = {k: v for k, v in systems.items() if k in args.systems.split(",")}
     sets = {

@@ -24,6 +24,14 @@ probe passes on it) and the rectangle otherwise; :attr:`BatchedTarget.layout`
 says which was taken and :attr:`BatchedTarget.layout_reason` why (also logged
 at debug level). Both give the same tokens; the packed layout costs what its
 real tokens cost, which matters on a CPU where a pass is compute-bound.
+
+Products
+--------
+``products`` picks the kernel of the model's linear products in these passes
+(:mod:`specdec.products`): ``"auto"`` (measured once per machine: packed oneDNN
+weights where they are faster than torch's own products, as on CPUs where
+MKL's small-row products are slow), ``"torch"`` or ``"onednn"``.
+:attr:`BatchedTarget.products` says what was chosen and why.
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ from .cache import CausalLMAdapter, text_config
 from .errors import UnsupportedModelError
 from .kv import READ_QUANTUM, RowKVCache, build_plan
 from .packed import GROUPED_KWARG, SPANS_KWARG, PackedSpans, enable_packed_attention, packed_refusal
+from .products import LinearProducts, Products
 
 __all__ = ["BatchedTarget", "Layout", "Segment", "TargetRunner"]
 
@@ -90,6 +99,7 @@ class BatchedTarget:
         max_rows: int = 1,
         max_len: int = 256,
         layout: Literal["auto", "packed", "rectangle"] = "auto",
+        products: Products = "auto",
     ) -> None:
         if layout not in ("auto", "packed", "rectangle"):
             raise ValueError(f"layout must be 'auto', 'packed' or 'rectangle', got {layout!r}")
@@ -120,6 +130,8 @@ class BatchedTarget:
         else:
             self.windows = {None: window if isinstance(window, int) and window > 0 else None}
         self.dtype = next(model.parameters()).dtype
+        # The kernel of the linear products in our passes (specdec.products): measured per machine by default.
+        self.products = LinearProducts.shared(model, products)
         self.cache = RowKVCache(int(config.num_hidden_layers), max_rows, max_len)
         self._offsets: dict[int, int] = {}  # row -> offset of its tokens in the last packed pass
         # Packed attention runs one padded SDPA call when rows x width <= attention_gather x real tokens, else
@@ -209,7 +221,8 @@ class BatchedTarget:
         wanted = max((lengths[s.row] for s in segments if s.logits), default=0)
         if self.keeps_logits:
             kwargs["logits_to_keep"] = torch.arange(max(wanted, 1), device=self.device)
-        outputs = self.model(input_ids=input_ids, position_ids=plan.positions, attention_mask=mask, **kwargs)
+        with self.products.scope(rows * width):
+            outputs = self.model(input_ids=input_ids, position_ids=plan.positions, attention_mask=mask, **kwargs)
         logits = outputs.logits  # [rows, width or wanted, vocab]
         return [logits[s.row, : lengths[s.row]] if s.logits else None for s in segments]
 
@@ -241,7 +254,8 @@ class BatchedTarget:
         if self.keeps_logits:
             kwargs["logits_to_keep"] = keep
         mask = self.attention_mask(plan.masks)
-        logits = self.model(input_ids=input_ids, position_ids=positions, attention_mask=mask, **kwargs).logits[0]
+        with self.products.scope(int(input_ids.shape[1])):
+            logits = self.model(input_ids=input_ids, position_ids=positions, attention_mask=mask, **kwargs).logits[0]
         if not self.keeps_logits:
             logits = logits[keep]  # [kept, vocab]
         out: dict[int, torch.Tensor] = {}

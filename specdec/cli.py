@@ -106,7 +106,10 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16", "float64"),
         help="auto (default): bfloat16 on a GPU or a CPU with native bfloat16 (AVX512-BF16/AMX), else float32",
     )  # fmt: skip
-    parser.add_argument("--num-draft-tokens", type=draft_length, default=None, help="draft tokens per step, or 'auto'")
+    parser.add_argument(
+        "--num-draft-tokens", type=draft_length, default=None,
+        help="draft tokens per step, or 'auto' (default: 'auto' when greedy, the drafter's own k when sampling)",
+    )
     parser.add_argument(
         "--compile", action="store_true",
         help="run the target on fixed shapes compiled with torch.compile (the first run compiles, minutes on a CPU; "

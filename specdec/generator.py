@@ -20,6 +20,7 @@ from .engine import Engine, Handle
 from .errors import InvalidArgumentError, VocabularyMismatchError
 from .params import UNSET
 from .policy import DraftLengthPolicy
+from .products import PRODUCTS, Products
 from .request import DrafterPool, RequestFactory, as_prompts
 from .sequence import Cancelled
 from .sinks import BlockEmitter, TokenCallback
@@ -81,6 +82,7 @@ class SpeculativeGenerator:
         compile: bool | StaticConfig = False,
         max_step_tokens: int | None = UNSET,
         layout: Literal["auto", "packed", "rectangle"] = "auto",
+        products: Products = "auto",
     ) -> None:
         if isinstance(compile, bool):
             static = StaticConfig() if compile else None
@@ -95,7 +97,9 @@ class SpeculativeGenerator:
                 "the compiled path runs fixed rectangle shapes: use layout='auto' or 'rectangle'"
             )
         # The compiled path pads to fixed shapes: it runs on the rectangle layout (its eager fallback too).
-        batched = BatchedTarget(target, layout="rectangle" if static is not None else layout)
+        if products not in PRODUCTS:
+            raise InvalidArgumentError(f"products must be one of {', '.join(map(repr, PRODUCTS))}, got {products!r}")
+        batched = BatchedTarget(target, layout="rectangle" if static is not None else layout, products=products)
         for attr in ("propose", "update", "begin", "end"):
             if not callable(getattr(drafter, attr, None)):
                 raise InvalidArgumentError(
@@ -247,9 +251,9 @@ class SpeculativeGenerator:
         order, before that row's next step; or pass a sink object with
         ``on_block(block: VerifiedBlock)`` (it names the row; or ``on_tokens``)
         and optionally ``on_draft``. ``on_draft(step, token_ids)`` sees each
-        draft before it is verified. ``num_draft_tokens``: an int, ``None`` (the
-        drafter's default), ``"auto"`` or a :class:`~specdec.DraftLengthPolicy`
-        object (one sequence only: a policy object has per-request state).
+        draft before it is verified. ``num_draft_tokens``: an int, ``None`` (greedy
+        rows: ``"auto"``; sampled rows: the drafter's default, fixed), ``"auto"``
+        or a :class:`~specdec.DraftLengthPolicy` object (one sequence only: a policy object has per-request state).
         ``streamer`` is any transformers ``BaseStreamer`` (one sequence only).
         ``cancel`` is any object with ``is_set()`` (a ``threading.Event``):
         every row stops within one step once it is set.

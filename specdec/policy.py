@@ -75,16 +75,24 @@ def is_policy(value: Any) -> bool:
     )
 
 
-def draft_length_policy(num_draft_tokens: Any, *, default_k: int, costs: CostProfile) -> DraftLengthPolicy:
+def draft_length_policy(
+    num_draft_tokens: Any, *, default_k: int, costs: CostProfile, sampled: bool = False
+) -> DraftLengthPolicy:
     """The policy for one request.
 
-    ``None``: the drafter's default ``k``, fixed. An int: that ``k``, fixed.
-    ``"auto"``: an :class:`AdaptiveDraftLength` learning from ``costs`` (the
-    generator's measured profile, shared across requests). A policy object is
-    used as given (it must not be shared by two running requests).
+    ``None`` (the default): a greedy request adapts ``k`` as ``"auto"`` does; a
+    sampled one drafts the drafter's default ``k``, fixed. Greedy output is the
+    target's whatever ``k`` is, and a ``k`` fitted to the measured costs wins
+    where passes are compute-bound (many rows on a CPU: docs/bench_batched.md);
+    a sampled row's random draws follow its ``k``, and a fixed ``k`` keeps its
+    output independent of whatever shares its passes (the adaptive ``k`` follows
+    costs measured across rows). An int: that ``k``, fixed. ``"auto"``: an
+    :class:`AdaptiveDraftLength` learning from ``costs`` (the generator's
+    measured profile, shared across requests). A policy object is used as
+    given (it must not be shared by two running requests).
     """
     if num_draft_tokens is None:
-        return FixedDraftLength(default_k)
+        return FixedDraftLength(default_k) if sampled else AdaptiveDraftLength(costs, default_k=default_k)
     if num_draft_tokens == "auto":
         return AdaptiveDraftLength(costs, default_k=default_k)
     if is_policy(num_draft_tokens):

@@ -196,7 +196,9 @@ class RequestFactory:
             processors=processors or None,
             extra_warpers=warpers or None,
         )
-        policy = draft_length_policy(params.num_draft_tokens, default_k=self.default_k, costs=costs)
+        policy = draft_length_policy(
+            params.num_draft_tokens, default_k=self.default_k, costs=costs, sampled=params.do_sample
+        )
         return Request(
             prompt=prompt,
             params=params,
