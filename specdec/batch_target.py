@@ -82,6 +82,8 @@ class TargetRunner(Protocol):
 
     def ensure(self, max_rows: int, max_len: int) -> None: ...
 
+    def copy_prefix(self, source: int, row: int, length: int) -> None: ...
+
     def forward(self, segments: list[Segment]) -> list[torch.Tensor | None]: ...
 
     def capture(self, layers: tuple[int, ...] | None) -> None: ...
@@ -197,6 +199,11 @@ class BatchedTarget:
         """Room for ``max_rows`` rows of ``max_len`` positions each (rounded up)."""
         quantum = 4 * READ_QUANTUM
         self.cache.ensure(max_rows, -(-max_len // quantum) * quantum)
+
+    def copy_prefix(self, source: int, row: int, length: int) -> None:
+        """Buffer row ``row`` takes the cached positions ``[0, length)`` of buffer row ``source`` (a copy)."""
+        with torch.inference_mode():
+            self.cache.copy_prefix(source, row, length)
 
     @torch.inference_mode()
     def forward(self, segments: list[Segment]) -> list[torch.Tensor | None]:

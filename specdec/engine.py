@@ -31,6 +31,19 @@ How much goes into one pass depends on the target's layout
 Either way a long prompt never makes the running rows wait a whole prefill;
 with no row decoding, every prefilling row takes ``max_prefill_chunk`` tokens per pass.
 
+**Prefix sharing.** Rows whose sequences begin alike (the same system prompt
+or chat-template header, the same document asked twice, a conversation that
+goes on from an earlier answer) compute those positions once. Before each
+pass, a prefilling row that shares at least :data:`MIN_SHARED_PREFIX` tokens
+with what another row has cached takes a copy of those slots
+(:meth:`~specdec.batch_target.BatchedTarget.copy_prefix`) and prefills only
+the rest; while a row admitted earlier is still prefilling the shared part,
+the later one waits for it instead of computing the same positions beside
+it. A position's keys and values are a function of the tokens up to it, so
+the copy is what the row would have computed (up to the float rounding of a
+different pass). Off for rows whose drafter reads the target's hidden states
+(it needs them from the row's own prefill) and with ``share_prefixes=False``.
+
 :meth:`Engine.submit` returns a :class:`Handle`: it collects the row's
 verified blocks, can be cancelled (the row ends within one step) and gives
 the row's :class:`~specdec.SpecOutput`. The engine is synchronous and
@@ -60,7 +73,10 @@ from .types import DraftBlock, SpecOutput, SpecStats, VerifiedBlock
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["Engine", "Handle"]
+__all__ = ["MIN_SHARED_PREFIX", "Engine", "Handle"]
+
+#: Shortest prefix (tokens) a row copies from another row's cache, or waits for.
+MIN_SHARED_PREFIX = 16
 
 
 class _AnySet:
@@ -140,6 +156,7 @@ class Engine:
         max_step_tokens: int | None = None,
         hidden_layers: tuple[int, ...] | None = None,
         prefill_step_tokens: int = 128,
+        share_prefixes: bool = True,
     ) -> None:
         if max_rows < 1 or min_prefill_chunk < 1 or max_prefill_chunk < min_prefill_chunk or prefill_step_tokens < 1:
             raise InvalidArgumentError(
@@ -166,6 +183,8 @@ class Engine:
         self.rows_per_forward: Counter[int] = Counter()  # rows in a pass -> passes so far (how much was shared)
         # Target layers whose hidden states the rows' drafters read (hooked only while rows run).
         self.hidden_layers = hidden_layers
+        # Prefix sharing (module docstring): not for hidden-state drafters, which need the row's own prefill.
+        self.share_prefixes = share_prefixes and hidden_layers is None
         self._capturing = False
         self._numbers = itertools.count()
         self._lock = threading.RLock()
@@ -231,7 +250,7 @@ class Engine:
             if budget is not None and self.packed:
                 budget -= int(ids.shape[0])
         prefilling = []
-        for row, end in self._prefill_chunks(segments):
+        for row, end in self._prefill_chunks(segments, self._share_prefixes()):
             segments.append(Segment(row.slot, row.prefilled, row.seq.prompt[row.prefilled : end], logits=False))
             prefilling.append((row, end))
         if not segments:
@@ -270,8 +289,43 @@ class Engine:
             if row.seq.finish is not None:
                 self._retire(row)
 
-    def _prefill_chunks(self, verify: list[Segment]) -> list[tuple[_Row, int]]:
-        """(row, end of its chunk) for the rows still prefilling, given this pass's verify segments."""
+    def _share_prefixes(self) -> set[int]:
+        """Copy cached shared prefixes into prefilling rows; the slots of rows that wait for an earlier row."""
+        waiting: set[int] = set()
+        if not self.share_prefixes or len(self.rows) < 2:
+            return waiting
+        rows = list(self.rows.values())  # admission order
+        for i, row in enumerate(rows):
+            seq = row.seq
+            goal = seq.prompt_len - 1
+            if row.prefilled + MIN_SHARED_PREFIX > goal:
+                continue
+            prompt = seq.tokens[:goal]
+            best, source, pending = row.prefilled, None, 0
+            for j, other in enumerate(rows):
+                if other is row:
+                    continue
+                other_goal = other.seq.prompt_len - 1
+                prefilling = other.prefilled < other_goal
+                cached = other.prefilled if prefilling else other.seq.length - 1
+                common = _common_prefix(other.seq.tokens[: max(cached, other_goal)], prompt)
+                if min(common, cached) > best:
+                    best, source = min(common, cached), other
+                if j < i and prefilling:
+                    pending = max(pending, common)  # an earlier row will cache this much of it
+            if source is not None and best - row.prefilled >= MIN_SHARED_PREFIX:
+                self.target.copy_prefix(source.slot, row.slot, best)
+                seq.stats.shared_prefix_tokens += best - row.prefilled
+                row.prefilled = best
+            if pending - row.prefilled >= MIN_SHARED_PREFIX:
+                waiting.add(row.slot)
+        return waiting
+
+    def _prefill_chunks(self, verify: list[Segment], waiting: set[int]) -> list[tuple[_Row, int]]:
+        """(row, end of its chunk) for the rows still prefilling, given this pass's verify segments.
+
+        Rows in ``waiting`` (slots) take no chunk this pass: an earlier row is prefilling their prefix.
+        """
         if not verify:
             chunk, shared = self.max_prefill_chunk, None  # nobody waits: every row takes a full chunk
         elif self.packed:
@@ -287,7 +341,7 @@ class Engine:
             if row.seq.cancelled():
                 self._retire(row)
                 continue
-            if shared is not None and shared <= 0:
+            if row.slot in waiting or (shared is not None and shared <= 0):
                 continue
             take = min(chunk, shared) if shared is not None else chunk
             end = min(goal, row.prefilled + take)
@@ -353,3 +407,12 @@ def _empty_output(request: Request) -> SpecOutput:
         stats=SpecStats(prompt_tokens=int(prompt.shape[0])),
         finish_reason="cancelled",
     )
+
+
+def _common_prefix(a: torch.Tensor, b: torch.Tensor) -> int:
+    """How many leading tokens two LongTensors [n], [m] share."""
+    n = min(int(a.shape[0]), int(b.shape[0]))
+    if n == 0:
+        return 0
+    differ = (a[:n] != b[:n]).nonzero()
+    return int(differ[0, 0]) if differ.numel() else n

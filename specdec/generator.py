@@ -66,6 +66,11 @@ class SpeculativeGenerator:
     in distribution when sampling. Several threads may call ``generate`` at
     once (the streaming hub and the servers do): their rows join the one
     engine and share its forward passes (``concurrent_generate``).
+
+    ``products`` picks the kernel of the target's linear products
+    (:mod:`specdec.products`: ``"auto"`` measures packed oneDNN weights against
+    torch's own once per machine). ``share_prefixes``: rows whose prompts begin
+    alike compute the shared positions once (:mod:`specdec.engine`).
     """
 
     #: ``generate`` may run in several threads at once; their rows share the engine's forward passes.
@@ -83,6 +88,7 @@ class SpeculativeGenerator:
         max_step_tokens: int | None = UNSET,
         layout: Literal["auto", "packed", "rectangle"] = "auto",
         products: Products = "auto",
+        share_prefixes: bool = True,
     ) -> None:
         if isinstance(compile, bool):
             static = StaticConfig() if compile else None
@@ -159,6 +165,7 @@ class SpeculativeGenerator:
             max_prefill_chunk=max_prefill_chunk,
             max_step_tokens=max_step_tokens,
             hidden_layers=self.hidden_layers,
+            share_prefixes=bool(share_prefixes),
         )
 
     @property

@@ -29,7 +29,9 @@ Why this layout
   slots after it are simply overwritten by the next pass, and never seen
   before that because the mask only shows slots up to each query's position.
 - **Rows are independent.** A row's rollback, admission or retirement writes
-  nothing in any other row.
+  nothing in any other row. A row may start from a copy of another row's
+  slots (:meth:`RowKVCache.copy_prefix`, when their sequences begin alike);
+  the copy only reads the other row.
 - **Static shapes.** The buffers never change shape while rows come and go;
   a forward reads the first ``rows`` rows and the first ``read_len`` slots
   (rounded up to a multiple of :data:`READ_QUANTUM`), which is a view, so the
@@ -127,6 +129,12 @@ class RowKVLayer(CacheLayerMixin):
                 setattr(self, name, new)
         self.max_rows, self.max_len = max_rows, max_len
 
+    def copy_prefix(self, source: int, row: int, length: int) -> None:
+        """Slots ``[0, length)`` of buffer row ``source`` into buffer row ``row``."""
+        if self.is_initialized:
+            for buffer in (self.keys, self.values):
+                cast(torch.Tensor, buffer)[row, :, :length] = cast(torch.Tensor, buffer)[source, :, :length]
+
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
         return self.plan.read_len, 0
 
@@ -153,6 +161,18 @@ class RowKVCache(Cache):
         self.max_rows, self.max_len = max(max_rows, self.max_rows), max(max_len, self.max_len)
         for layer in self.layers:
             cast(RowKVLayer, layer).grow(self.max_rows, self.max_len)
+
+    def copy_prefix(self, source: int, row: int, length: int) -> None:
+        """Give buffer row ``row`` the keys and values of positions ``[0, length)`` of buffer row ``source``.
+
+        For a row whose sequence starts with tokens another row has cached (prefix sharing,
+        :mod:`specdec.engine`): a copy of ``length`` slots per layer instead of a prefill. ``source`` is
+        only read.
+        """
+        if source == row or not 0 <= length <= self.max_len:
+            raise ValueError(f"copy_prefix: source {source}, row {row}, length {length} (max_len {self.max_len})")
+        for layer in self.layers:
+            cast(RowKVLayer, layer).copy_prefix(source, row, length)
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return 0

@@ -154,7 +154,8 @@ class LinearProducts:
         self.choice = choice
         self._linears = _plain_linears(model)
         self._packed: dict[int, torch.Tensor] = {}  # id(module) -> packed weight
-        self._forwards: list[tuple[torch.nn.Linear, Callable[[torch.Tensor], torch.Tensor]]] = []  # (module, its packed forward) once packed
+        # (module, its forward on the packed weight), once packed
+        self._forwards: list[tuple[torch.nn.Linear, Callable[[torch.Tensor], torch.Tensor]]] = []
         self._versions: list[tuple[int, int]] = []  # (id, version counter) of each weight when packed
         self._depth = 0
         self.times: dict[int, dict[str, float]] = {}

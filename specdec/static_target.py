@@ -207,6 +207,10 @@ class StaticTarget:
     def max_len(self) -> int:
         return self.target.max_len
 
+    def copy_prefix(self, source: int, row: int, length: int) -> None:
+        """Buffer row ``row`` takes the cached positions ``[0, length)`` of buffer row ``source`` (in place)."""
+        self.target.copy_prefix(source, row, length)
+
     def ensure(self, max_rows: int, max_len: int) -> None:
         """Room for ``max_rows`` rows of ``max_len`` positions, both rounded up to powers of two (fewer shapes)."""
         self.target.ensure(_power_of_two(max_rows), _power_of_two(max(max_len, 1)))

@@ -85,6 +85,7 @@ class SpecStats:
     drafted_per_position: list[int] = field(default_factory=list)  # [k_max]: proposed at draft position i
     wall_time_s: float = 0.0
     tested: int = 0  # draft tokens the target judged: those after a step's first rejection never are
+    shared_prefix_tokens: int = 0  # prompt positions copied from another row's cache instead of prefilled
 
     @property
     def acceptance_rate(self) -> float:
@@ -139,7 +140,8 @@ class SpecStats:
         total.drafted_per_position = [0] * width
         total.accepted_per_position = [0] * width
         for r in rows:
-            for name in ("prompt_tokens", "new_tokens", "steps", "drafted", "accepted", "tested"):
+            for name in ("prompt_tokens", "new_tokens", "steps", "drafted", "accepted", "tested",
+                         "shared_prefix_tokens"):
                 setattr(total, name, getattr(total, name) + getattr(r, name))
             for i, (d, a) in enumerate(zip(r.drafted_per_position, r.accepted_per_position, strict=False)):
                 total.drafted_per_position[i] += d
@@ -156,6 +158,7 @@ class SpecStats:
             "drafted": self.drafted,
             "accepted": self.accepted,
             "tested": self.tested,
+            "shared_prefix_tokens": self.shared_prefix_tokens,
             "acceptance_rate": self.acceptance_rate,
             "conditional_acceptance": self.conditional_acceptance,
             "mean_accepted_per_step": self.mean_accepted_per_step,

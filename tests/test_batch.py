@@ -412,13 +412,14 @@ def test_the_step_budget_caps_each_rows_draft_and_keeps_every_row_exact(tiny_lm)
     target = tiny_lm("llama")
     prompts = prompts_for((5, 5, 5, 5))  # the rows decode in lockstep: 4 rows in every pass
     gen = SpeculativeGenerator(target, ModelDrafter(target), max_step_tokens=8, layout="rectangle")  # k <= 1
-    out = gen.generate([p.tolist() for p in prompts], max_new_tokens=NEW)
+    k = 7  # asked for; the budget cuts it
+    out = gen.generate([p.tolist() for p in prompts], max_new_tokens=NEW, num_draft_tokens=k)
     width = max(p.shape[0] for p in prompts)
     for r, prompt in enumerate(prompts):
         assert row_tokens(out, r, width) == solo(target, prompt)
         assert out.row_stats[r].drafted <= out.row_stats[r].steps  # never more than one draft per step
     alone = SpeculativeGenerator(target, ModelDrafter(target), max_step_tokens=8, layout="rectangle")
-    alone = alone.generate(prompts[0], max_new_tokens=NEW)
+    alone = alone.generate(prompts[0], max_new_tokens=NEW, num_draft_tokens=k)
     assert alone.stats.drafted > alone.stats.steps  # one row alone may draft up to 7 per step
     with pytest.raises(InvalidArgumentError, match="max_step_tokens"):
         SpeculativeGenerator(target, NGramDrafter(), max_step_tokens=0)

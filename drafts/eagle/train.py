@@ -218,7 +218,9 @@ def evaluate(target: PreTrainedModel, head: EagleHead, prompts: Sequence[torch.T
     generator = SpeculativeGenerator(target, EagleDrafter(head, num_draft_tokens=num_draft_tokens))
     accepted = tested = drafted = new = steps = 0
     for ids in prompts:
-        stats = generator.generate(ids, max_new_tokens=max_new_tokens, do_sample=False).stats
+        stats = generator.generate(
+            ids, max_new_tokens=max_new_tokens, do_sample=False, num_draft_tokens=num_draft_tokens
+        ).stats
         accepted, tested, drafted = accepted + stats.accepted, tested + stats.tested, drafted + stats.drafted
         new, steps = new + stats.new_tokens, steps + stats.steps
     return {
