@@ -227,7 +227,9 @@ def bench_server(args, rows: list[list[int]], reference, partial=None) -> dict:
         for name, max_rows in configs.items():
             print(f"starting {name} ...", flush=True)
             servers[name] = ServeProcess(args.target, max_rows, args.threads)
-            server_round(servers[name].url, rows[:1], 4)  # warm-up
+            # Warm-up: every request once, short (a server runs for long; its draft-length costs and acceptance
+            # priors are learnt from earlier requests, and its cache grows to the rows once).
+            server_round(servers[name].url, rows, args.server_warmup_tokens)
         rounds: dict[str, list[dict]] = {name: [] for name in configs}
         for r in range(args.server_rounds):
             order = list(configs) if r % 2 == 0 else list(reversed(configs))
@@ -344,6 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hf-cb-rounds", type=int, default=1, help="generate_batch is slow on CPU: fewer rounds")
     parser.add_argument("--server-requests", type=int, default=8)
     parser.add_argument("--server-rounds", type=int, default=2)
+    parser.add_argument("--server-warmup-tokens", type=int, default=16,
+                        help="tokens of the untimed warm-up round (all requests at once) of each server")
     parser.add_argument("--no-server", action="store_true", help="skip the specdec serve part")
     parser.add_argument("--no-inprocess", action="store_true", help="skip the in-process part")
     parser.add_argument("--quick", action="store_true")
