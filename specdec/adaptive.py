@@ -161,6 +161,8 @@ class CostProfile:
     alpha_requests: int = 0
     #: The longest draft worth pricing, when the runner knows it (the static path: its widest verify width - 1).
     k_max: int | None = None
+    #: Profiles of passes shared by more rows, by class (2, 4, 8, ...: see :meth:`for_rows`).
+    shared: dict[int, CostProfile] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.window < 1:
@@ -201,6 +203,24 @@ class CostProfile:
             samples = self.step_samples.setdefault(n, deque(maxlen=self.window))
             samples.append(seconds)
             self.step_s[n] = statistics.median(samples)
+
+    def for_rows(self, rows: int) -> CostProfile:
+        """The profile of passes that ``rows`` decoding rows share: this one for one row, else one per class.
+
+        A pass shared by many rows costs what all of them bring, and on a CPU it is compute-bound where a
+        one-row pass is not: timed together, 16-row passes taught one-row requests that drafting does not
+        pay (after a batched run, 4 grounded requests one at a time took 34 s instead of 14 s,
+        docs/bench_batched_epyc.md). Classes are powers of two (2-3 rows, 4-7, 8-15, ...); acceptance
+        (:meth:`record_request`) stays in this profile, since it belongs to the prompts, not the batch.
+        """
+        if rows <= 1:
+            return self
+        size = 1 << (int(rows).bit_length() - 1)
+        if size not in self.shared:
+            self.shared[size] = CostProfile(
+                window=self.window, prior_verify_slope=self.prior_verify_slope, k_max=self.k_max
+            )
+        return self.shared[size]
 
     @property
     def measured(self) -> bool:
@@ -307,20 +327,25 @@ class AdaptiveDraftLength:
         self.acceptance = AcceptanceEstimate(prior_mean=mean, prior_strength=prior_strength, forget=forget)
         self.steps = 0
         self.chosen: list[int] = []  # k chosen at each step, for inspection
+        self.costs = profile  # the profile of the class of passes the next step runs in (see share)
 
     @property
     def alpha(self) -> float:
         return self.acceptance.alpha
 
+    def share(self, rows: int) -> None:
+        """The next step's pass is shared by ``rows`` decoding rows: price it, and learn from it, as such."""
+        self.costs = self.profile.for_rows(rows)
+
     def best_k(self) -> int:
-        if not self.profile.measured:
+        if not self.costs.measured:
             return self.default_k
-        return best_draft_length(self.alpha, self.profile.step_cost, self.k_min, self.k_max)
+        return best_draft_length(self.alpha, self.costs.step_cost, self.k_min, self.k_max)
 
     def choose(self) -> int:
         k = self.best_k()
         if (
-            self.profile.measured
+            self.costs.measured
             and self.explore_every > 0
             and self.steps % self.explore_every == self.explore_every - 1
         ):
@@ -331,7 +356,7 @@ class AdaptiveDraftLength:
             # Explore only while the neighbour's cost is poorly known: a learned profile costs nothing.
             if (
                 self.k_min <= neighbour <= self.k_max
-                and self.profile.step_count.get(neighbour + 1, 0) < self.explore_samples
+                and self.costs.step_count.get(neighbour + 1, 0) < self.explore_samples
             ):
                 k = neighbour
         self.chosen.append(k)
@@ -342,7 +367,7 @@ class AdaptiveDraftLength:
     ) -> None:
         self.steps += 1
         self.acceptance.observe(num_drafted, num_accepted, rejected=rejected)
-        self.profile.observe(num_drafted, draft_s, verify_s)
+        self.costs.observe(num_drafted, draft_s, verify_s)
 
     def finish(self) -> None:
         # The request's own acceptance, not the faded estimate: after a stretch without drafting, that one

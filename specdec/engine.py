@@ -237,7 +237,7 @@ class Engine:
                 # packed: what is left, less one token for each row after this one; rectangle: an even share
                 k_cap = max(0, budget - (len(decoding) - i) if self.packed else budget // len(decoding) - 1)
             try:
-                row.block = seq.plan(k_cap)  # choose k, propose
+                row.block = seq.plan(k_cap, rows=len(decoding))  # choose k (priced for this many rows), propose
             except Exception as exc:  # the row's drafter or sink failed: that row ends, the others go on
                 self._retire(row, exc)
                 continue

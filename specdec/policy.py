@@ -7,7 +7,10 @@ request and calls, every step::
     ... propose (draft_s), verify and commit (verify_s) ...
     policy.observe(num_drafted, num_accepted, draft_s, verify_s, rejected=...)
 
-and ``policy.finish()`` once the request is done. Two policies exist:
+and ``policy.finish()`` once the request is done. A policy may also have
+``share(rows)``: the loop calls it before ``choose()`` with the number of
+decoding rows that share the step's pass (:class:`~specdec.adaptive.AdaptiveDraftLength`
+prices many-row passes apart from one-row ones). Two policies exist:
 :class:`FixedDraftLength` (always the same ``k``) and
 :class:`~specdec.adaptive.AdaptiveDraftLength` (a cost model, see
 :mod:`specdec.adaptive`). :func:`draft_length_policy` is the one place that

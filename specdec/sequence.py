@@ -130,14 +130,20 @@ class Sequence:
             self.finish = "cancelled"
         return self.finish == "cancelled"
 
-    def plan(self, k_cap: int | None = None) -> DraftBlock | None:
-        """Choose k (at most ``k_cap``) and propose; ``None`` when the sequence is finished (budget or cancel)."""
+    def plan(self, k_cap: int | None = None, *, rows: int = 1) -> DraftBlock | None:
+        """Choose k (at most ``k_cap``) and propose; ``None`` when the sequence is finished (budget or cancel).
+
+        ``rows``: the decoding rows that share this step's pass (a policy with ``share(rows)`` prices by it).
+        """
         if self.finish is None and self.new_tokens >= self.max_new:
             self.finish = "length"
         self.cancelled()
         if self.finish is not None:
             return None
         self._plan_started = time.perf_counter()
+        share = getattr(self.policy, "share", None)
+        if callable(share):
+            share(rows)
         k = min(self.policy.choose(), self.max_new - self.new_tokens - 1)
         if k_cap is not None:
             k = min(k, k_cap)

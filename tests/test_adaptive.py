@@ -162,6 +162,41 @@ def test_profile_and_alpha_prior_persist_across_requests():
     assert second.choose() > 4  # alpha ~1 and free drafts: draft long from the first step
 
 
+def test_passes_shared_by_many_rows_are_priced_apart_from_one_row_passes():
+    """Compute-bound 8-row passes (verify grows steeply with k) must not teach a lone request to stop drafting."""
+    profile = CostProfile()
+    alone = AdaptiveDraftLength(profile, default_k=8, k_max=16)
+    for _ in range(30):  # one row: a flat verify cost, drafts mostly accepted
+        alone.share(1)
+        k = alone.choose()
+        alone.observe(k, max(k - 1, 0), 0.0, 1.0 + 0.01 * k)
+    alone.finish()
+    lone_k = AdaptiveDraftLength(profile, default_k=8, k_max=16).best_k()
+    crowded = AdaptiveDraftLength(profile, default_k=8, k_max=16)
+    for _ in range(60):  # eight rows: each drafted token costs nearly a whole pass's worth
+        crowded.share(8)
+        k = crowded.choose()
+        crowded.observe(k, max(k - 1, 0), 0.0, 8.0 + 2.0 * k)
+    assert crowded.best_k() < lone_k
+    assert profile.for_rows(8) is profile.for_rows(15) is not profile.for_rows(16)
+    assert profile.for_rows(1) is profile and max(profile.step_s.values()) < 2.0  # no 8-row pass in it
+    after = AdaptiveDraftLength(profile, default_k=8, k_max=16)
+    after.share(1)
+    assert after.best_k() == lone_k
+
+
+def test_a_generator_prices_batched_passes_apart(tiny):
+    gen = SpeculativeGenerator(tiny, NGramDrafter(num_draft_tokens=4))
+    prompt = torch.arange(3, 40)
+    gen.generate(prompt, max_new_tokens=12)
+    before = sum(gen.draft_costs.step_count.values())
+    out = gen.generate([prompt.tolist(), prompt.flip(0).tolist(), (prompt + 1).tolist()], max_new_tokens=12)
+    shared = sum(gen.draft_costs.for_rows(2).step_count.values())
+    alone = sum(gen.draft_costs.step_count.values()) - before  # steps a row ran alone once the others finished
+    assert shared > 0 and shared + alone == sum(s.steps for s in out.row_stats)
+    assert alone < shared
+
+
 @pytest.fixture(scope="module")
 def tiny():
     return random_llama(vocab_size=128, hidden_size=32, num_layers=2, intermediate_size=64, num_heads=4, seed=0)
