@@ -217,9 +217,19 @@ class CostProfile:
             return self
         size = 1 << (int(rows).bit_length() - 1)
         if size not in self.shared:
-            self.shared[size] = CostProfile(
-                window=self.window, prior_verify_slope=self.prior_verify_slope, k_max=self.k_max
-            )
+            fresh = CostProfile(window=self.window, prior_verify_slope=self.prior_verify_slope, k_max=self.k_max)
+            # Start from the nearest class measured so far (one sample per length, which the class's own
+            # samples outvote within a few steps), not from nothing: rows finishing one after another walk
+            # a batch down through every class, and an unmeasured class drafts the default k.
+            known = {c: p for c, p in self.shared.items() if p.measured}
+            if self.measured:
+                known[1] = self
+            if known:
+                nearest = known[min(known, key=lambda c: (abs(c.bit_length() - size.bit_length()), -c))]
+                fresh.prime(dict(nearest.step_s))
+                if nearest.draft_s is not None:
+                    fresh.observe_draft(1, nearest.draft_s)
+            self.shared[size] = fresh
         return self.shared[size]
 
     @property

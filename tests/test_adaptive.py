@@ -185,6 +185,22 @@ def test_passes_shared_by_many_rows_are_priced_apart_from_one_row_passes():
     assert after.best_k() == lone_k
 
 
+def test_a_new_class_starts_from_the_nearest_measured_one_and_learns_its_own():
+    profile = CostProfile()
+    eight = profile.for_rows(8)
+    assert not eight.measured  # nothing measured anywhere yet: nothing to start from
+    for n in (1, 5, 9):
+        for _ in range(15):
+            eight.observe(n - 1, 0.001 * (n - 1), 8.0 + n)
+    four = profile.for_rows(4)  # the nearest measured class is 8 (one step of bit length away)
+    assert four.step_s == eight.step_s and four.draft_s == pytest.approx(0.001)
+    assert sum(four.step_count.values()) == 0  # seeded, not counted: it still explores
+    for _ in range(3):
+        four.observe(4, 0.004, 2.0)
+    assert four.step_s[5] == pytest.approx(2.0)  # its own samples outvote the seed
+    assert eight.step_s[5] == pytest.approx(13.0)
+
+
 def test_a_generator_prices_batched_passes_apart(tiny):
     gen = SpeculativeGenerator(tiny, NGramDrafter(num_draft_tokens=4))
     prompt = torch.arange(3, 40)
