@@ -171,7 +171,7 @@ class LinearProducts:
             self.reason = "asked for" if choice == "torch" else refusal or ""
         else:
             self.libraries, self.reason = self._auto(cache)
-        if "onednn" in self.libraries.values():
+        if "onednn" in self.libraries.values() and not self._forwards:  # "auto" packed already to measure
             self._pack()
         _log.debug("linear products %s (%s)", self.libraries, self.reason)
 
@@ -215,10 +215,10 @@ class LinearProducts:
             self._depth -= 1
 
     def _forward_of(self, module: torch.nn.Linear) -> Callable[[torch.Tensor], torch.Tensor]:
-        packed, bias = self._packed[id(module)], module.bias
+        packed = self._packed[id(module)]
 
-        def forward(x: torch.Tensor) -> torch.Tensor:
-            return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+        def forward(x: torch.Tensor) -> torch.Tensor:  # the bias as it is now (it is not packed)
+            return torch.ops.mkldnn._linear_pointwise(x, packed, module.bias, "none", [], "")
 
         return forward
 
