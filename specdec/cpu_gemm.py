@@ -31,12 +31,15 @@ import contextlib
 import functools
 import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
 import torch
 
-__all__ = ["Library", "cache_tag", "choose_library", "measure_products", "onednn_packing_available", "packing"]
+__all__ = [
+    "Library", "cache_tag", "choose_library", "measure_products", "median_seconds", "onednn_packing_available",
+    "packing",
+]
 
 Library = Literal["mkl", "onednn"]
 
@@ -88,6 +91,11 @@ def measure_products(model: torch.nn.Module, rows: int, library: Library, *, rep
             for p, w in packed:
                 torch.ops.mkldnn._linear_pointwise(inputs[int(w.shape[1])], p, None, "none", [], "")
 
+    return median_seconds(run, repeats)
+
+
+def median_seconds(run: Callable[[], None], repeats: int = 3) -> float:
+    """Median wall seconds of ``repeats`` calls of ``run``, after one untimed call (caches and packing warm)."""
     run()
     samples = []
     for _ in range(repeats):

@@ -20,7 +20,7 @@ from .engine import Engine, Handle
 from .errors import InvalidArgumentError, VocabularyMismatchError
 from .params import UNSET
 from .policy import DraftLengthPolicy
-from .products import PRODUCTS, Products
+from .products import Products, check_products
 from .request import DrafterPool, RequestFactory, as_prompts
 from .sequence import Cancelled
 from .sinks import BlockEmitter, TokenCallback
@@ -103,8 +103,7 @@ class SpeculativeGenerator:
                 "the compiled path runs fixed rectangle shapes: use layout='auto' or 'rectangle'"
             )
         # The compiled path pads to fixed shapes: it runs on the rectangle layout (its eager fallback too).
-        if products not in PRODUCTS:
-            raise InvalidArgumentError(f"products must be one of {', '.join(map(repr, PRODUCTS))}, got {products!r}")
+        check_products(products)
         batched = BatchedTarget(target, layout="rectangle" if static is not None else layout, products=products)
         for attr in ("propose", "update", "begin", "end"):
             if not callable(getattr(drafter, attr, None)):

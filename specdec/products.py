@@ -53,8 +53,6 @@ import json
 import logging
 import os
 import platform
-import statistics
-import time
 import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -62,9 +60,10 @@ from typing import Literal
 
 import torch
 
+from .cpu_gemm import median_seconds
 from .errors import InvalidArgumentError, UnsupportedModelError
 
-__all__ = ["PRODUCTS", "Products", "LinearProducts", "onednn_refusal"]
+__all__ = ["PRODUCTS", "Products", "LinearProducts", "check_products", "onednn_refusal"]
 
 Products = Literal["auto", "torch", "onednn"]
 PRODUCTS: tuple[str, ...] = ("auto", "torch", "onednn")
@@ -79,6 +78,12 @@ MIN_AUTO_BYTES = 4 << 20
 PACK_ROWS = 16
 _PACKABLE = (torch.float32, torch.bfloat16)
 _SHARED: weakref.WeakKeyDictionary[torch.nn.Module, dict[str, LinearProducts]] = weakref.WeakKeyDictionary()
+
+
+def check_products(choice: object) -> None:
+    """Raise :class:`~specdec.errors.InvalidArgumentError` unless ``choice`` is one of :data:`PRODUCTS`."""
+    if choice not in PRODUCTS:
+        raise InvalidArgumentError(f"products must be one of {', '.join(map(repr, PRODUCTS))}, got {choice!r}")
 
 
 def _plain_linears(model: torch.nn.Module) -> list[torch.nn.Linear]:
@@ -149,8 +154,7 @@ class LinearProducts:
     """
 
     def __init__(self, model: torch.nn.Module, choice: str = "auto", *, cache: Path | None = None) -> None:
-        if choice not in PRODUCTS:
-            raise InvalidArgumentError(f"products must be one of {', '.join(map(repr, PRODUCTS))}, got {choice!r}")
+        check_products(choice)
         self.choice = choice
         self._linears = _plain_linears(model)
         self._packed: dict[int, torch.Tensor] = {}  # id(module) -> packed weight
@@ -316,10 +320,4 @@ class LinearProducts:
                 for x, p, b in packed:
                     torch.ops.mkldnn._linear_pointwise(x, p, b, "none", [], "")
 
-        run()
-        samples = []
-        for _ in range(repeats):
-            started = time.perf_counter()
-            run()
-            samples.append(time.perf_counter() - started)
-        return statistics.median(samples)
+        return median_seconds(run, repeats)
